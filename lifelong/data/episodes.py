@@ -1,0 +1,241 @@
+"""Episodic tasks: N-way K-shot Q-query episodes drawn from a :class:`ClassDataset`.
+
+An episode (Vinyals et al. 2016, "Matching Networks for One Shot Learning") is a small
+classification task: N classes drawn from the split, K labelled *support* images and Q *query*
+images of each, support and query disjoint, labels remapped to ``0..N-1`` in random order. A
+batch of B episodes is produced with index arithmetic and one gather from the in-memory
+``uint8`` images: no decoding, no Python loop over images.
+
+Layout: inside an episode, support and query are class-major: the support label of position
+``i`` is ``i // K`` and the query label of position ``j`` is ``j // Q``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lifelong.data.classes import ClassDataset
+
+
+@dataclass
+class Episode:
+    """One task: ``support_x [N*K, ...]``, ``support_y [N*K]``, ``query_x [N*Q, ...]``,
+    ``query_y [N*Q]``. For classification ``y`` are labels ``0..N-1`` (``ways = N``); for
+    regression ``y`` are float targets and ``ways = 0``."""
+
+    support_x: Tensor
+    support_y: Tensor
+    query_x: Tensor
+    query_y: Tensor
+    ways: int
+    shots: int
+
+
+@dataclass
+class EpisodeBatch:
+    """B episodes stacked: ``support_x [B, N*K, ...]``, ``support_y [B, N*K]``,
+    ``query_x [B, N*Q, ...]``, ``query_y [B, N*Q]``; ``classes [B, N]`` holds the dataset class
+    index behind each label (``None`` for regression tasks). Images stay ``uint8`` until
+    :meth:`to` turns them into floats in ``[0, 1]`` on the target device."""
+
+    support_x: Tensor
+    support_y: Tensor
+    query_x: Tensor
+    query_y: Tensor
+    ways: int
+    shots: int
+    classes: Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.support_x.shape[0]
+
+    @property
+    def queries(self) -> int:
+        return self.query_x.shape[1] // self.ways if self.ways else self.query_x.shape[1]
+
+    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> EpisodeBatch:
+        """Move to ``device``; ``uint8`` images become ``dtype`` in ``[0, 1]``, other floats
+        become ``dtype``, labels stay integer."""
+        device = torch.device(device)
+        non_blocking = device.type == "cuda"
+
+        def move(t: Tensor) -> Tensor:
+            t = t.to(device, non_blocking=non_blocking)
+            if t.dtype == torch.uint8:
+                return t.to(dtype).div_(255.0)
+            return t.to(dtype) if t.is_floating_point() else t
+
+        return EpisodeBatch(
+            move(self.support_x),
+            move(self.support_y),
+            move(self.query_x),
+            move(self.query_y),
+            self.ways,
+            self.shots,
+            None if self.classes is None else self.classes.to(device),
+        )
+
+    def __getitem__(self, index: int | slice) -> Episode | EpisodeBatch:
+        """``batch[i]`` is one :class:`Episode`; ``batch[i:j]`` a smaller batch."""
+        if isinstance(index, slice):
+            return EpisodeBatch(
+                self.support_x[index],
+                self.support_y[index],
+                self.query_x[index],
+                self.query_y[index],
+                self.ways,
+                self.shots,
+                None if self.classes is None else self.classes[index],
+            )
+        return Episode(
+            self.support_x[index],
+            self.support_y[index],
+            self.query_x[index],
+            self.query_y[index],
+            self.ways,
+            self.shots,
+        )
+
+    def __iter__(self) -> Iterator[Episode]:
+        for i in range(len(self)):
+            yield self[i]  # type: ignore[misc]
+
+    @staticmethod
+    def cat(batches: list[EpisodeBatch]) -> EpisodeBatch:
+        """Concatenate batches of the same shape along the episode dimension."""
+        first = batches[0]
+        parts = {
+            f.name: torch.cat([getattr(b, f.name) for b in batches])
+            for f in fields(EpisodeBatch)
+            if isinstance(getattr(first, f.name), Tensor)
+        }
+        return EpisodeBatch(ways=first.ways, shots=first.shots, **parts)
+
+
+FIXED_STREAM = 2**31 - 1
+"""The stream id of fixed evaluation episode sets (never used by a rank or worker)."""
+
+
+def stream_generator(seed: int, stream: int = 0) -> torch.Generator:
+    """An independent random stream for (``seed``, ``stream``): workers and ranks use
+    ``stream = rank`` and never share draws (numpy ``SeedSequence`` spawning)."""
+    state = np.random.SeedSequence([seed, stream]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+class EpisodeSampler:
+    """Draws N-way K-shot Q-query episodes from a :class:`ClassDataset`, deterministically.
+
+    Args:
+        dataset: the split to sample from (its classes are all the classes an episode may use).
+        ways: N, classes per episode.
+        shots: K, support images per class.
+        queries: Q, query images per class (disjoint from the support).
+        seed: seed of the random stream.
+        stream: index of an independent stream with the same seed (the rank or worker id).
+
+    Example:
+        >>> sampler = EpisodeSampler(train_split, ways=5, shots=1, queries=15, seed=0)
+        >>> batch = sampler.sample(32)          # EpisodeBatch, support_x [32, 5, 1, 28, 28]
+        >>> test = sampler.fixed(1000, seed=1)  # the same 1000 episodes for every method
+    """
+
+    def __init__(
+        self,
+        dataset: ClassDataset,
+        ways: int,
+        shots: int,
+        queries: int,
+        seed: int = 0,
+        stream: int = 0,
+    ) -> None:
+        for what, value in (("ways", ways), ("shots", shots), ("queries", queries)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{what} must be a positive integer, got {value!r}")
+        if ways > len(dataset):
+            raise ValueError(
+                f"{ways}-way episodes need {ways} classes, but split {dataset.name!r} "
+                f"has only {len(dataset)}"
+            )
+        if shots + queries > dataset.min_count:
+            smallest = dataset.classes[int(dataset.counts.argmin())].label
+            raise ValueError(
+                f"{shots} shots + {queries} queries = {shots + queries} images per class, but "
+                f"class {smallest!r} of split {dataset.name!r} has only {dataset.min_count}"
+            )
+        self.dataset = dataset
+        self.ways, self.shots, self.queries = ways, shots, queries
+        self.seed, self.stream = seed, stream
+        self.generator = stream_generator(seed, stream)
+        self._uniform_counts = bool((dataset.counts == dataset.counts[0]).all())
+
+    def _draw_indices(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Class ids ``[n, N]`` and global image indices ``[n, N, K+Q]`` for n episodes."""
+        ds = self.dataset
+        per_class = self.shots + self.queries
+        # N distinct classes per episode, in random order (top-k of uniform keys).
+        classes = torch.rand(n, len(ds), generator=generator).topk(self.ways, dim=1).indices
+        counts = ds.counts[classes]
+        width = int(counts.max()) if not self._uniform_counts else int(ds.counts[0])
+        keys = torch.rand(n, self.ways, width, generator=generator)
+        if not self._uniform_counts:
+            keys.masked_fill_(torch.arange(width) >= counts.unsqueeze(-1), -1.0)
+        local = keys.topk(per_class, dim=2).indices
+        return classes, ds.offsets[classes].unsqueeze(-1) + local
+
+    def _gather(self, classes: Tensor, index: Tensor) -> EpisodeBatch:
+        n, k = index.shape[0], self.shots
+        images = self.dataset.images[index.reshape(-1)]
+        images = images.reshape(n, self.ways, self.shots + self.queries, *images.shape[1:])
+        shape = images.shape[3:]
+        labels = torch.arange(self.ways)
+        return EpisodeBatch(
+            support_x=images[:, :, :k].reshape(n, self.ways * k, *shape),
+            support_y=labels.repeat_interleave(k).expand(n, -1).contiguous(),
+            query_x=images[:, :, k:].reshape(n, self.ways * self.queries, *shape),
+            query_y=labels.repeat_interleave(self.queries).expand(n, -1).contiguous(),
+            ways=self.ways,
+            shots=self.shots,
+            classes=classes,
+        )
+
+    def sample(self, batch_size: int) -> EpisodeBatch:
+        """The next ``batch_size`` episodes of this sampler's stream."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        return self._gather(*self._draw_indices(batch_size, self.generator))
+
+    def fixed(self, episodes: int, seed: int) -> FixedEpisodes:
+        """A fixed list of ``episodes`` episodes: the same ``seed`` (and sampler settings) give
+        the same tasks, whatever this sampler's own stream has drawn so far."""
+        if episodes < 1:
+            raise ValueError(f"episodes must be positive, got {episodes}")
+        classes, index = self._draw_indices(episodes, stream_generator(seed, FIXED_STREAM))
+        return FixedEpisodes(self, classes, index)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+class FixedEpisodes:
+    """A reproducible evaluation set: the indices of a fixed list of episodes, materialised
+    batch by batch."""
+
+    def __init__(self, sampler: EpisodeSampler, classes: Tensor, index: Tensor) -> None:
+        self.sampler, self.classes, self.index = sampler, classes, index
+
+    def __len__(self) -> int:
+        return self.index.shape[0]
+
+    def batches(self, batch_size: int) -> Iterator[EpisodeBatch]:
+        for start in range(0, len(self), batch_size):
+            stop = start + batch_size
+            yield self.sampler._gather(self.classes[start:stop], self.index[start:stop])
