@@ -11,7 +11,6 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -36,11 +35,12 @@ class MetaLoss:
 class Algorithm(nn.Module, ABC):
     """Base class of all few-shot learners.
 
-    Subclasses set ``regression = True`` when they solve regression tasks, and implement
+    Subclasses (or instances) set ``regression = True`` when they solve regression tasks, and
+    implement
     :meth:`meta_loss` and :meth:`adapt`.
     """
 
-    regression: ClassVar[bool] = False
+    regression: bool = False
 
     @abstractmethod
     def meta_loss(self, batch: EpisodeBatch) -> MetaLoss:

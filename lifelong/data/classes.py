@@ -123,7 +123,10 @@ class ClassDataset:
             raise ValueError(f"{self.name}: an empty subset of classes")
         counts = self.counts[idx]
         image_idx = torch.cat(
-            [torch.arange(int(o), int(o) + int(n)) for o, n in zip(self.offsets[idx], counts)]
+            [
+                torch.arange(int(o), int(o) + int(n))
+                for o, n in zip(self.offsets[idx], counts, strict=True)
+            ]
         )
         return ClassDataset(
             self.images[image_idx],
