@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
+import threading
 import zipfile
+from dataclasses import replace
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -216,3 +221,29 @@ def test_missing_data_says_how_to_get_it(tmp_path):
     assert "--data-root DIR" in str(err.value)
     with pytest.raises(ValueError, match="unknown Omniglot class_split 'snell'"):
         load_omniglot(tmp_path, class_split="snell")
+
+
+def test_fake_download_then_load(fake, tmp_path, monkeypatch):
+    served = write_zips(tmp_path / "served", fake_files())
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(served))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        md5s = {
+            s.name: hashlib.md5((served / f"{s.name}.zip").read_bytes()).hexdigest()
+            for s in FAKE_SETS
+        }
+        monkeypatch.setattr(omniglot, "URL", f"http://127.0.0.1:{httpd.server_address[1]}/{{}}.zip")
+        monkeypatch.setattr(
+            omniglot, "SETS", tuple(replace(s, md5=md5s[s.name]) for s in FAKE_SETS)
+        )
+        splits = load_omniglot(download=True, cache_dir=tmp_path / "cache")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    downloaded = tmp_path / "cache" / "downloads" / "omniglot"
+    assert sorted(p.name for p in downloaded.iterdir()) == [
+        "images_background.zip",
+        "images_evaluation.zip",
+    ]
+    assert len(splits["test"]) == 8

@@ -70,10 +70,10 @@ def to_tensor(
     image = image.convert("L" if channels == 1 else "RGB")
     if image.size != (w, h):
         image = image.resize((w, h), Image.Resampling.LANCZOS)
-    array = np.asarray(image, dtype=np.uint8)
+    array = np.array(image, dtype=np.uint8)
     if invert:
-        array = 255 - array
-    tensor = torch.from_numpy(np.ascontiguousarray(array))
+        np.subtract(255, array, out=array)
+    tensor = torch.from_numpy(array)
     return tensor.unsqueeze(0) if channels == 1 else tensor.permute(2, 0, 1).contiguous()
 
 
