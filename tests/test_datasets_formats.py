@@ -279,3 +279,11 @@ def test_cache_round_trip_and_corrupt_entries(tmp_path):
         cached("toy", "src", {"size": 3}, lambda: toy_build(calls), tmp_path)
     assert len(calls) == 3
     assert not list((tmp_path / "tensors").glob("*.tmp"))
+
+
+def test_miniimagenet_class_in_two_splits_is_an_error(tmp_path):
+    mini_csv(tmp_path)
+    with open(tmp_path / "val.csv", "a", newline="") as f:
+        csv.writer(f).writerow(["n01" + "0" * 8 + ".jpg", "n01"])
+    with pytest.raises(ValueError, match="class n01 is in both train and val"):
+        load_miniimagenet(tmp_path, image_size=8, cache_dir=tmp_path / "c")
