@@ -95,7 +95,7 @@ def open_image(source: str | Path | bytes | BinaryIO, name: str | None = None) -
         image.load()
     except FileNotFoundError:
         raise
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, EOFError) as err:
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as err:
         raise ImageDecodeError(f"cannot decode image {label}: {err}") from err
     return image
 
