@@ -1,0 +1,100 @@
+"""RunConfig: YAML round trip, precedence of defaults < file < flags, readable errors."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+import yaml
+
+from lifelong.config import ConfigError, RunConfig
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = RunConfig(
+        algorithm="maml",
+        dataset="omniglot",
+        class_split="vinyals",
+        rotations=True,
+        ways=20,
+        hidden=(32,),
+        grad_clip=10.0,
+        dataset_options={"classes": {"train": 30}},
+    )
+    path = tmp_path / "run" / "config.yaml"
+    cfg.save(path)
+    assert RunConfig.from_yaml(path) == cfg
+    assert yaml.safe_load(path.read_text())["hidden"] == [32]
+    assert not list(path.parent.glob(".*.tmp"))  # the atomic write left no temporary file
+
+
+def test_saved_file_is_readable_by_others_as_the_umask_allows(tmp_path):
+    old = os.umask(0o022)
+    try:
+        RunConfig().save(tmp_path / "config.yaml")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "config.yaml").stat().st_mode) == 0o644
+
+
+def test_file_overrides_defaults_and_flags_override_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("algorithm: maml\nways: 20\nshots: 5\nmeta_lr: 1e-3\niterations: 7e4\n")
+    from_file = RunConfig.from_yaml(path)
+    assert (from_file.algorithm, from_file.ways, from_file.shots) == ("maml", 20, 5)
+    assert from_file.queries == RunConfig().queries  # not in the file: the default
+    assert from_file.meta_lr == 0.001 and from_file.iterations == 70000  # YAML 1.1 strings
+    flags = from_file.override(ways=5, shots=None, seed=3)  # None: flag not given
+    assert (flags.ways, flags.shots, flags.seed, flags.algorithm) == (5, 5, 3, "maml")
+
+
+def test_unknown_key_names_the_key_and_a_suggestion(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("ways: 5\ninner_lrr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"unknown option 'inner_lrr' \(did you mean 'inner_lr'"):
+        RunConfig.from_yaml(path)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"ways": 0}, "ways must be positive, got 0"),
+        ({"ways": "five"}, "ways must be an integer, got 'five'"),
+        ({"shots": 1.5}, "shots must be an integer"),
+        ({"algorithm": "mamll"}, "algorithm must be one of maml, fomaml"),
+        ({"lr_schedule": "linear"}, "lr_schedule must be one of none, cosine, step"),
+        ({"rotations": "maybe"}, "rotations must be true or false"),
+        ({"hidden": [0]}, "hidden must be positive"),
+        ({"dataset_options": [1]}, "dataset_options must be a mapping"),
+        ({"ways": None}, "ways must be given"),
+    ],
+)
+def test_bad_values_are_one_clear_line(options, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        RunConfig(**options)
+    assert "\n" not in str(err.value)
+
+
+def test_coercions():
+    cfg = RunConfig(hidden="40,40", inner_lr="0.01", rotations="false", iterations=1000.0)
+    assert cfg.hidden == (40, 40) and cfg.inner_lr == 0.01 and cfg.rotations is False
+    assert isinstance(cfg.iterations, int)
+
+
+def test_yaml_that_is_not_a_mapping(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("- ways\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        RunConfig.from_yaml(path)
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        RunConfig.from_yaml(tmp_path / "missing.yaml")
+
+
+def test_episode_shapes_and_default_test_episodes():
+    cfg = RunConfig(ways=60, shots=1, queries=5, test_ways=5, test_queries=15)
+    assert cfg.episode_shape("train") == (60, 1, 5)
+    assert cfg.episode_shape("test") == (5, 1, 15) == cfg.episode_shape("val")
+    assert RunConfig().default_test_episodes == 1000
+    assert RunConfig(dataset="miniimagenet").default_test_episodes == 600
+    assert RunConfig(test_episodes=50).default_test_episodes == 50
