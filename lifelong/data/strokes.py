@@ -11,7 +11,7 @@ resolution with ink = 1 (``uint8`` 255 on a 0 background), like Omniglot after s
 Classes are unlimited and deterministic: class ``k`` ("stroke-0042") and its images depend only
 on ``seed``, ``k``, ``per_class`` and ``image_size``, not on how many classes are made.
 Rendering splats densely sampled stroke points into the canvas in one vectorised ``max``
-reduction, so 1200 classes of 20 images take a few seconds on 2 cores.
+reduction: 1200 classes of 20 images take about 4 seconds on one (shared, busy) core.
 
 Example:
     >>> splits = load_strokes(classes=1200, per_class=20, seed=0)
