@@ -110,11 +110,6 @@ def test_rotations_compose_and_reject_other_angles():
         random_dataset([2]).with_rotations((0, 45))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="classes.py: with_rotations on non-square images fails inside torch.cat "
-    "(RuntimeError 'Sizes of tensors must match') instead of a readable ValueError",
-)
 def test_with_rotations_of_non_square_images_raises_a_readable_error():
     with pytest.raises(ValueError, match="2x3"):
         random_dataset([2], shape=(1, 2, 3)).with_rotations()

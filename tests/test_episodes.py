@@ -6,6 +6,7 @@ episode can be traced back to the exact images and classes it was built from.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -207,3 +208,19 @@ def test_empty_requests_are_rejected(call):
     sampler = EpisodeSampler(indexed_dataset([4, 4]), 2, 1, 1)
     with pytest.raises(ValueError, match="must be positive, got 0"):
         sampler.sample(0) if call == "sample" else sampler.fixed(0, seed=0)
+
+
+def test_numpy_integers_are_accepted_and_booleans_rejected():
+    ds = indexed_dataset([4, 4, 4])
+    sampler = EpisodeSampler(ds, np.int64(2), np.int32(1), np.int16(1))
+    assert sampler.sample(2).support_x.shape[1] == 2
+    with pytest.raises(ValueError, match="ways must be a positive integer, got True"):
+        EpisodeSampler(ds, True, 1, 1)
+
+
+def test_large_fixed_sets_are_drawn_in_chunks_deterministically():
+    sampler = EpisodeSampler(indexed_dataset([3] * 6), 2, 1, 1)
+    big = sampler.fixed(2500, seed=4)
+    assert len(big) == 2500
+    assert torch.equal(big.index, sampler.fixed(2500, seed=4).index)
+    assert not torch.equal(big.index[:1024], big.index[1024:2048])

@@ -145,6 +145,12 @@ class ClassDataset:
         for a in angles:
             if a % 90 != 0:
                 raise ValueError(f"rotations must be multiples of 90 degrees, got {a}")
+        _, h, w = self.image_shape
+        if h != w and any(a % 180 for a in angles):
+            raise ValueError(
+                f"{self.name}: rotating {h}x{w} images by 90 degrees changes their shape; "
+                "rotation classes need square images"
+            )
         pieces, infos = [], []
         for k, info in enumerate(self.classes):
             for a in angles:
