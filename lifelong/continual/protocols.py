@@ -1,0 +1,424 @@
+"""Lifelong-learning protocols: a stream, a learner, evaluations, metrics over seeds.
+
+:func:`run_stream` shows one stream to one learner and tests it, at the chosen points, on the
+held-out examples of every class seen so far; :func:`run_seeds` repeats this over seeds (a new
+stream order and a fresh learner each time) and :class:`StreamResult` summarises the seeds
+(mean and 95% confidence interval of the accuracy against the number of classes learned, the
+accuracy matrix, forgetting, backward transfer; :mod:`lifelong.continual.metrics`).
+
+The published protocols, by name (:data:`PROTOCOLS`), run on a trained run folder through
+:func:`run_protocol`:
+
+``continual-omniglot``
+    Javed & White 2019 and Beaulieu et al. 2020 ("Learning to Continually Learn", ANML): after
+    meta-training on the Omniglot background set, learn classes of the evaluation set (Lake's
+    split, 659 characters, no rotations) one after another, 15 training images per class each
+    seen once (600 classes: 9,000 online steps), and test on the class's other 5 images;
+    accuracy on all classes seen after 10, 50, 100, 200, 400 and 600 classes. Published at 600
+    classes: OML 18.2% (44.2% updating only the last layer... see the ANML paper), ANML 63.8%,
+    an i.i.d.-trained oracle 71%.
+``task-sequence``
+    successive 5-way 5-shot tasks with disjoint classes of the run's test split (15 test
+    images per class), evaluated task-aware after every task: the accuracy matrix, backward
+    transfer and forgetting (Lopez-Paz & Ranzato 2017; Chaudhry et al. 2018).
+``incremental-sine``
+    Javed & White 2019, section 4.1: 10 sine functions learned one after another (inputs carry
+    the function's one-hot id), MSE on all of them after each; needs an OML sinusoid run.
+
+Example:
+    >>> result = run_protocol("runs/omniglot-proto", "continual-omniglot", learner="prototypes",
+    ...                       seeds=10)
+    >>> result.summary()["accuracy_by_classes"]["600"]
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lifelong.continual.learner import ContinualLearner
+from lifelong.continual.learners import LearnerSettings, make_learner
+from lifelong.continual.metrics import (
+    accuracy_matrix,
+    average_accuracy,
+    backward_transfer,
+    forgetting,
+    seen_accuracy,
+)
+from lifelong.continual.streams import ClassStream, SineStream, task_sequence
+
+Stream = ClassStream | SineStream
+OMNIGLOT_REPORT = (10, 50, 100, 200, 400, 600)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A published protocol: what it streams and when it reports.
+
+    Attributes:
+        name: the protocol's name.
+        default_classes: classes (tasks x ways, or functions) in the stream by default.
+        report_at: class counts after which the learner is tested (the stream's own size is
+            always added); ``None``: after every step.
+        regression: the stream is a regression stream.
+    """
+
+    name: str
+    default_classes: int
+    report_at: tuple[int, ...] | None
+    regression: bool = False
+
+
+PROTOCOLS = {
+    "continual-omniglot": Protocol("continual-omniglot", 600, OMNIGLOT_REPORT),
+    "task-sequence": Protocol("task-sequence", 100, None),
+    "incremental-sine": Protocol("incremental-sine", 10, None, regression=True),
+}
+TASK_WAYS, TASK_SHOTS, TASK_QUERIES = 5, 5, 15
+
+
+# --------------------------------------------------------------------------- one seed
+def report_points(stream: Stream, report_at: Sequence[int] | None) -> list[int]:
+    """The class counts at which ``stream`` is evaluated: those of ``report_at`` that fall on
+    a step boundary and do not exceed the stream, plus the stream's end; every step if
+    ``report_at`` is ``None``."""
+    boundaries = stream.boundaries
+    if report_at is None:
+        return boundaries
+    points = sorted({n for n in report_at if n in set(boundaries)} | {boundaries[-1]})
+    return points
+
+
+def example_metric(
+    learner: ContinualLearner,
+    x: Tensor,
+    y: Tensor,
+    label: Tensor,
+    classes_per_step: int,
+    task_aware: bool,
+) -> Tensor:
+    """The metric of each test example ``[n]``: 1/0 for a right/wrong class (task-aware: chosen
+    among the classes of the example's own step only), or the squared error (regression)."""
+    output = learner.predict(x)
+    if learner.regression:
+        return (output - y).pow(2).flatten(1).mean(1).double()
+    if task_aware:
+        task = torch.arange(output.shape[1], device=output.device) // classes_per_step
+        own = task.unsqueeze(0) == (label.to(output.device) // classes_per_step).unsqueeze(1)
+        output = output.masked_fill(~own, -math.inf)
+    return (output.argmax(-1) == y).double()
+
+
+def per_class_mean(value: Tensor, label: Tensor, num_classes: int) -> Tensor:
+    """Mean of ``value [n]`` per ``label``: ``[num_classes]``, NaN where a label has none."""
+    label = label.cpu()
+    sums = torch.zeros(num_classes, dtype=torch.float64).index_add_(0, label, value.cpu())
+    counts = torch.bincount(label, minlength=num_classes).double()
+    return sums / counts  # 0 / 0 = NaN for classes not tested
+
+
+@dataclass
+class SeedResult:
+    """One seed: ``per_class [T, C]`` (the metric of each class after each of the ``T``
+    evaluations; NaN before the class arrived) at the class counts ``boundaries``, and the
+    seconds the stream took (learning and testing)."""
+
+    per_class: Tensor
+    boundaries: list[int]
+    seconds: float
+
+
+def run_stream(
+    learner: ContinualLearner,
+    stream: Stream,
+    report_at: Sequence[int] | None = None,
+    device: torch.device | str = "cpu",
+) -> SeedResult:
+    """Show ``stream`` to ``learner`` step by step; after the steps that end at a count of
+    :func:`report_points`, test it on the held-out examples of all classes seen so far."""
+    points = report_points(stream, report_at)
+    started = time.perf_counter()
+    test_x: list[Tensor] = []
+    test_y: list[Tensor] = []
+    labels: list[Tensor] = []
+    rows = []
+    for step, seen in zip(stream, stream.boundaries, strict=True):
+        step = step.to(device)
+        learner.observe(step.train_x, step.train_y)
+        test_x.append(step.test_x)
+        test_y.append(step.test_y)
+        labels.append(step.classes.repeat_interleave(len(step.test_y) // len(step.classes)))
+        if seen in points:
+            label = torch.cat(labels)
+            value = example_metric(
+                learner,
+                torch.cat(test_x),
+                torch.cat(test_y),
+                label,
+                stream.classes_per_step,
+                stream.task_aware,
+            )
+            rows.append(per_class_mean(value, label, stream.num_classes))
+    return SeedResult(torch.stack(rows), points, time.perf_counter() - started)
+
+
+# --------------------------------------------------------------------------- over seeds
+def _json_number(value: float | None) -> float | None:
+    return None if value is None or math.isnan(value) else round(float(value), 6)
+
+
+def _summary(values: Sequence[float]) -> dict[str, float | None]:
+    """Mean and 95% CI half-width over seeds (``None`` where undefined)."""
+    from lifelong.evaluate import confidence_interval  # imports every algorithm: only here
+
+    finite = torch.tensor([v for v in values if not math.isnan(v)], dtype=torch.float64)
+    if finite.numel() == 0:
+        return {"mean": None, "ci95": None}
+    mean, ci95 = confidence_interval(finite)
+    return {"mean": _json_number(mean), "ci95": _json_number(ci95)}
+
+
+@dataclass
+class StreamResult:
+    """The seeds of one protocol run with one learner.
+
+    Attributes:
+        protocol, learner: names.
+        metric: ``"accuracy"`` or ``"mse"``.
+        seeds: the seeds (one stream order and one fresh learner each).
+        results: one :class:`SeedResult` per seed.
+        settings: what else defines the run (classes, learner settings, run folder...).
+    """
+
+    protocol: str
+    learner: str
+    metric: str
+    seeds: list[int]
+    results: list[SeedResult]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def boundaries(self) -> list[int]:
+        return self.results[0].boundaries
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric == "accuracy"
+
+    def matrices(self) -> list[Tensor]:
+        """The accuracy matrix ``R`` of each seed."""
+        return [accuracy_matrix(r.per_class, r.boundaries) for r in self.results]
+
+    def curves(self) -> Tensor:
+        """``[seeds, T]``: the metric on all classes seen, after each evaluation."""
+        return torch.stack([seen_accuracy(r.per_class) for r in self.results])
+
+    def summary(self) -> dict[str, Any]:
+        """Everything as plain JSON values: ``{metric}_by_classes`` (mean over seeds at each
+        class count), ``ci95`` (its 95% CI half-width), ``forgetting``, ``bwt`` and
+        ``average`` (ACC) as ``{"mean", "ci95"}``, the mean accuracy matrix, per-seed values."""
+        curves = self.curves()
+        by_classes, ci95 = {}, {}
+        for i, n in enumerate(self.boundaries):
+            stats = _summary(curves[:, i].tolist())
+            by_classes[str(n)], ci95[str(n)] = stats["mean"], stats["ci95"]
+        matrices = self.matrices()
+        forget = [forgetting(R, self.higher_is_better) for R in matrices]
+        bwt = [backward_transfer(R) for R in matrices]
+        average = [average_accuracy(R) for R in matrices]
+        mean_matrix = torch.stack(matrices).mean(0)
+        return {
+            "protocol": self.protocol,
+            "learner": self.learner,
+            "metric": self.metric,
+            "seeds": len(self.seeds),
+            "classes": self.boundaries[-1],
+            f"{self.metric}_by_classes": by_classes,
+            "ci95": ci95,
+            "forgetting": _summary(forget),
+            "bwt": _summary(bwt),
+            "average": _summary(average),
+            "accuracy_matrix": [[_json_number(v) for v in row] for row in mean_matrix.tolist()],
+            "seconds_per_seed": _json_number(
+                sum(r.seconds for r in self.results) / len(self.results)
+            ),
+            "settings": self.settings,
+            "per_seed": {
+                "seeds": self.seeds,
+                f"{self.metric}_by_classes": [
+                    [_json_number(v) for v in c] for c in curves.tolist()
+                ],
+                "forgetting": [_json_number(v) for v in forget],
+                "bwt": [_json_number(v) for v in bwt],
+            },
+        }
+
+    def table(self) -> str:
+        """The summary as a few lines of text."""
+        s = self.summary()
+        percent = self.metric == "accuracy"
+
+        def fmt(stats: dict[str, float | None]) -> str:
+            mean, ci = stats["mean"], stats["ci95"]
+            if mean is None:
+                return "n/a"
+            if percent:
+                return f"{100 * mean:.2f}%" + ("" if ci is None else f" ± {100 * ci:.2f}%")
+            return f"{mean:.4g}" + ("" if ci is None else f" ± {ci:.2g}")
+
+        name = (
+            "classes"
+            if self.metric == "accuracy" and self.protocol != "task-sequence"
+            else ("functions" if self.metric == "mse" else "classes")
+        )
+        lines = [
+            f"{self.protocol}, learner {self.learner}, {s['seeds']} seeds "
+            f"(mean ± 95% CI over seeds)",
+            f"{name:>9}  {self.metric} on all seen",
+        ]
+        for n in self.boundaries:
+            key = str(n)
+            stats = {"mean": s[f"{self.metric}_by_classes"][key], "ci95": s["ci95"][key]}
+            lines.append(f"{n:>9}  {fmt(stats)}")
+        lines.append(
+            f"forgetting {fmt(s['forgetting'])}   BWT {fmt(s['bwt'])}   "
+            f"ACC {fmt(s['average'])}   ({s['seconds_per_seed']:.1f} s per seed)"
+        )
+        return "\n".join(lines)
+
+
+def run_seeds(
+    make: Callable[[int], tuple[ContinualLearner, Stream]],
+    seeds: Sequence[int],
+    report_at: Sequence[int] | None = None,
+    device: torch.device | str = "cpu",
+) -> list[SeedResult]:
+    """:func:`run_stream` for each seed, with the fresh learner and stream ``make(seed)``."""
+    results = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        learner, stream = make(seed)
+        results.append(run_stream(learner, stream, report_at, device))
+    return results
+
+
+# --------------------------------------------------------------------------- from a run
+def run_protocol(
+    run_dir: str | Path,
+    protocol: str,
+    learner: str = "prototypes",
+    classes: int | None = None,
+    seeds: int = 10,
+    settings: LearnerSettings | None = None,
+    data_root: str | None = None,
+    device: str = "cpu",
+    checkpoint: str = "best",
+    first_seed: int = 0,
+) -> StreamResult:
+    """Run protocol ``protocol`` (a key of :data:`PROTOCOLS`) on the trained run ``run_dir``
+    with ``learner`` over ``seeds`` seeds (``first_seed``, ``first_seed + 1``, ...).
+
+    Raises:
+        ValueError: an unknown protocol or learner, a protocol or learner that does not fit
+            the run, a stream longer than the classes available.
+    """
+    from lifelong.build import load_data, load_trained
+
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    if seeds < 1:
+        raise ValueError(f"seeds must be positive, got {seeds}")
+    spec = PROTOCOLS[protocol]
+    trained = load_trained(run_dir, checkpoint, {"data_root": data_root})
+    algorithm = trained.algorithm.to(device)
+    kind = "a regression" if trained.facts.regression else "an image classification"
+    if spec.regression != trained.facts.regression:
+        need = "a regression (sinusoid)" if spec.regression else "an image classification"
+        raise ValueError(f"{protocol} needs {need} run, but {str(run_dir)!r} is {kind} run")
+    classes = spec.default_classes if classes is None else classes
+    settings = settings or LearnerSettings()
+    if protocol == "incremental-sine":
+        functions = getattr(algorithm, "functions", None)
+        if functions is None:
+            raise ValueError(
+                f"incremental-sine needs an OML sinusoid run (its input carries the function "
+                f"id), but {str(run_dir)!r} is a {trained.config.algorithm} run"
+            )
+        if classes != functions:
+            raise ValueError(
+                f"the OML run {str(run_dir)!r} learns {functions} functions (its input width), "
+                f"so the stream cannot have {classes}"
+            )
+        shots = trained.config.shots
+
+        def stream_for(seed: int) -> Stream:
+            return SineStream(functions, shots, 100, seed=seed)
+
+    else:
+        shape = trained.facts.image_shape
+        if protocol == "continual-omniglot":
+            from lifelong.data.registry import load_dataset
+
+            if shape is None or shape[0] != 1 or shape[1] != shape[2]:
+                raise ValueError(
+                    f"continual-omniglot streams square grayscale images, but {str(run_dir)!r} "
+                    f"was trained on {shape} images"
+                )
+            own = trained.config.data_root if trained.config.dataset == "omniglot" else None
+            dataset = load_dataset(
+                "omniglot",
+                root=data_root or own,
+                class_split="lake",
+                rotations=False,
+                image_size=shape[1],
+            )["test"]
+
+            def stream_for(seed: int) -> Stream:
+                return ClassStream(dataset, classes, 1, 15, 5, seed=seed)
+
+        else:
+            splits = load_data(trained.config).splits or {}
+            if "test" not in splits:
+                raise ValueError(f"{trained.config.dataset} has no test split for a task sequence")
+            dataset = splits["test"]
+            if classes % TASK_WAYS:
+                raise ValueError(
+                    f"a sequence of {TASK_WAYS}-way tasks needs a multiple of {TASK_WAYS} "
+                    f"classes, got {classes}"
+                )
+
+            def stream_for(seed: int) -> Stream:
+                return task_sequence(
+                    dataset, classes // TASK_WAYS, TASK_WAYS, TASK_SHOTS, TASK_QUERIES, seed=seed
+                )
+
+    stream_for(first_seed)  # bad sizes fail here, before any learning
+
+    def make(seed: int) -> tuple[ContinualLearner, Stream]:
+        stream = stream_for(seed)
+        return make_learner(learner, algorithm, stream.num_classes, seed, settings), stream
+
+    make_learner(learner, algorithm, 1, first_seed, settings)  # a learner that does not fit
+    seed_list = list(range(first_seed, first_seed + seeds))
+    results = run_seeds(make, seed_list, spec.report_at, device)
+    return StreamResult(
+        protocol,
+        learner,
+        "mse" if spec.regression else "accuracy",
+        seed_list,
+        results,
+        {
+            "run": str(run_dir),
+            "checkpoint": checkpoint,
+            "algorithm": trained.config.algorithm,
+            "classes": classes,
+            **{k: v for k, v in vars(settings).items()},
+        },
+    )
