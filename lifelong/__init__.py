@@ -1,0 +1,29 @@
+"""lifelong: meta-learning (MAML family, Prototypical Networks) and lifelong learning on PyTorch.
+
+Example:
+    >>> import lifelong
+    >>> learner = lifelong.load("runs/proto")                     # a trained run folder
+    >>> learner.adapt(["a1.png", "b1.png"], ["a", "b"]).predict(["q.png"])[0].label
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+try:
+    __version__ = version("lifelong")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["__version__", "load"]
+
+
+def __getattr__(name: str) -> Any:
+    # `lifelong.load` is imported on first use, so that `import lifelong.data` stays light and
+    # the algorithm modules can import from the package while it initialises.
+    if name == "load":
+        from lifelong.api import load
+
+        return load
+    raise AttributeError(f"module 'lifelong' has no attribute {name!r}")

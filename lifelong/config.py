@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-ALGORITHMS = ("maml", "fomaml", "anil", "metasgd", "reptile", "protonet", "finetune")
+ALGORITHMS = ("maml", "fomaml", "anil", "metasgd", "reptile", "protonet", "finetune", "oml")
 BACKBONES = ("conv4", "resnet12", "mlp")
 SCHEDULES = ("none", "cosine", "step")
 DEVICES = ("auto", "cpu", "cuda")
@@ -58,6 +58,7 @@ POSITIVE = (
     "test_episodes",
     "checkpoint_every",
     "distance_p",
+    "temperature",
 )
 
 
@@ -94,8 +95,8 @@ class RunConfig:
     while meta-training and ``eval_inner_steps`` at test time.
 
     Model: ``backbone`` (``conv4``, ``resnet12``, ``mlp``), ``hidden`` (Conv-4: one number of
-    filters; MLP: the hidden widths), ``strided`` (MAML's stride-2 Conv-4), ``distance`` and
-    ``distance_p`` (ProtoNet).
+    filters; MLP: the hidden widths), ``strided`` (MAML's stride-2 Conv-4), ``distance``,
+    ``distance_p`` and ``temperature`` (ProtoNet: logits ``-d / temperature``).
 
     Run: ``seed``, ``device`` (``auto``, ``cpu``, ``cuda``), validation every ``val_every``
     iterations on ``val_episodes`` fixed episodes, ``test_episodes`` for ``lifelong evaluate``
@@ -131,6 +132,7 @@ class RunConfig:
     strided: bool = False
     distance: str = "sqeuclidean"
     distance_p: float = 2.0
+    temperature: float = 1.0
     seed: int = 0
     device: str = "auto"
     val_every: int = 500

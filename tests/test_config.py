@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 import pytest
 import yaml
 
+from lifelong.build import DataFacts, build_algorithm
 from lifelong.config import ConfigError, RunConfig
 
 
@@ -98,3 +100,23 @@ def test_episode_shapes_and_default_test_episodes():
     assert RunConfig().default_test_episodes == 1000
     assert RunConfig(dataset="miniimagenet").default_test_episodes == 600
     assert RunConfig(test_episodes=50).default_test_episodes == 50
+
+
+OMNIGLOT = DataFacts(
+    "omniglot",
+    image_shape=(1, 28, 28),
+    classes={"train": 1028 * 4, "val": 172 * 4, "test": 423 * 4},  # Vinyals split, rotations
+    background="dark",
+)
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_reproduction_configs_load_and_build(path):
+    cfg = RunConfig.from_yaml(path)
+    regression = cfg.dataset == "sinusoid"
+    facts = DataFacts("sinusoid", regression=True) if regression else OMNIGLOT
+    algorithm = build_algorithm(cfg, facts)
+    assert algorithm.regression == regression
+    assert sum(p.numel() for p in algorithm.parameters()) > 1000

@@ -1,0 +1,171 @@
+"""Evaluation on a fixed set of episodes: mean and 95% confidence interval.
+
+Few-shot results are reported as the mean query metric over many test episodes with a 95%
+confidence interval ``1.96 * std / sqrt(n)`` (the protocol of Vinyals et al. 2016, Snell et al.
+2017, Finn et al. 2017: 1000 episodes, 600 on miniImageNet). Every method evaluated with the same
+dataset, episode shape and seed sees exactly the same tasks
+(:meth:`~lifelong.data.episodes.EpisodeSampler.fixed`).
+
+Example:
+    >>> episodes = EpisodeSampler(splits["test"], 5, 1, 15).fixed(1000, seed=0)
+    >>> result = evaluate(algorithm, episodes, split="test")
+    >>> print(result)          # accuracy 97.31% ± 0.41% (test, 5-way 1-shot 15-query, 1000 ...)
+    >>> result.to_dict()       # {"metric": "accuracy", "mean": 0.9731, "ci95": 0.0041, ...}
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from lifelong.algorithms.base import Algorithm
+from lifelong.build import load_data, load_trained, resolve_device
+from lifelong.data.episodes import EpisodeBatch
+
+Z95 = 1.96
+
+
+class EpisodeSet(Protocol):
+    """A fixed set of episodes (``FixedEpisodes`` or the sinusoid equivalent)."""
+
+    def batches(self, batch_size: int) -> Iterable[EpisodeBatch]: ...
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The result of an evaluation, JSON-able through :meth:`to_dict`.
+
+    ``metric`` is ``"accuracy"`` (``mean`` and ``ci95`` as fractions in ``[0, 1]``) or
+    ``"mse"``; ``ci95`` is ``None`` for a single episode; ``inner_steps`` is the number of
+    adaptation steps at test time (``None`` for ProtoNets)."""
+
+    metric: str
+    mean: float
+    ci95: float | None
+    episodes: int
+    ways: int
+    shots: int
+    queries: int
+    split: str
+    inner_steps: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        if self.metric == "accuracy":
+            ci = "" if self.ci95 is None else f" ± {100 * self.ci95:.2f}%"
+            value = f"accuracy {100 * self.mean:.2f}%{ci}"
+        else:
+            ci = "" if self.ci95 is None else f" ± {self.ci95:.4g}"
+            value = f"{self.metric} {self.mean:.4g}{ci}"
+        shape = f"{self.ways}-way " if self.ways else ""
+        return (
+            f"{value} ({self.split}, {shape}{self.shots}-shot {self.queries}-query, "
+            f"{self.episodes} episodes)"
+        )
+
+
+def confidence_interval(values: Tensor) -> tuple[float, float | None]:
+    """Mean and 95% confidence half-width ``1.96 * s / sqrt(n)`` of per-episode values, with
+    ``s`` the sample standard deviation (``n - 1`` in the denominator); ``None`` when
+    ``n < 2``."""
+    values = values.double().flatten()
+    if values.numel() == 0:
+        raise ValueError("no episodes to summarise")
+    n = values.numel()
+    mean = float(values.mean())
+    if n < 2:
+        return mean, None
+    return mean, Z95 * float(values.std(correction=1)) / math.sqrt(n)
+
+
+def episode_metrics(
+    algorithm: Algorithm,
+    episodes: EpisodeSet,
+    device: torch.device | str = "cpu",
+    batch_size: int = 25,
+) -> Tensor:
+    """The query metric of every episode ``[n]``, with the algorithm in eval mode (its
+    training mode is restored afterwards)."""
+    was_training = algorithm.training
+    algorithm.eval()
+    try:
+        values = [
+            algorithm.evaluate(batch.to(device)).detach().float().cpu()
+            for batch in episodes.batches(batch_size)
+        ]
+    finally:
+        algorithm.train(was_training)
+    return torch.cat(values)
+
+
+def evaluate(
+    algorithm: Algorithm,
+    episodes: EpisodeSet,
+    device: torch.device | str = "cpu",
+    split: str = "test",
+    batch_size: int = 25,
+) -> Evaluation:
+    """Adapt to each episode's support set, score its queries; summarise with a 95% CI."""
+    first = next(iter(episodes.batches(1)))
+    values = episode_metrics(algorithm, episodes, device, batch_size)
+    mean, ci95 = confidence_interval(values)
+    return Evaluation(
+        metric="mse" if algorithm.regression else "accuracy",
+        mean=mean,
+        ci95=ci95,
+        episodes=int(values.numel()),
+        ways=first.ways,
+        shots=first.shots,
+        queries=first.queries,
+        split=split,
+        inner_steps=inner_steps_of(algorithm),
+    )
+
+
+def inner_steps_of(algorithm: Algorithm) -> int | None:
+    """The adaptation steps an algorithm takes at test time, if it takes any."""
+    for name in ("eval_inner_steps", "inner_steps", "head_steps"):
+        steps = getattr(algorithm, name, None)
+        if isinstance(steps, int):
+            return steps
+    return None
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    split: str = "test",
+    ways: int | None = None,
+    shots: int | None = None,
+    queries: int | None = None,
+    episodes: int | None = None,
+    inner_steps: int | None = None,
+    seed: int = 0,
+    data_root: str | None = None,
+    device: str | None = None,
+    checkpoint: str = "best",
+) -> Evaluation:
+    """Evaluate a saved run on ``episodes`` fixed episodes of ``split`` (default: the run's
+    test episode shape and count); the same ``seed`` gives the same episodes to every run."""
+    overrides = {
+        "test_ways": ways,
+        "test_shots": shots,
+        "test_queries": queries,
+        "eval_inner_steps": inner_steps,
+        "data_root": data_root,
+        "device": device,
+    }
+    trained = load_trained(run_dir, checkpoint, overrides)
+    data = load_data(trained.config)
+    trained.check_data(data.facts)
+    device_ = resolve_device(trained.config.device)
+    n = episodes or trained.config.default_test_episodes
+    fixed = data.sampler(split, seed=seed).fixed(n, seed=seed)
+    return evaluate(trained.algorithm.to(device_), fixed, device_, split=split)

@@ -1,0 +1,348 @@
+"""Meta-training: the outer loop shared by every algorithm.
+
+Each iteration draws a meta-batch of episodes, computes the algorithm's
+:meth:`~lifelong.algorithms.base.Algorithm.meta_loss` and takes one Adam step on the meta-
+parameters (Finn et al. 2017, Algorithm 1, line 10; Snell et al. 2017 train with Adam too),
+with an optional learning-rate schedule and gradient-norm clipping. Every ``val_every``
+iterations the algorithm is evaluated on a *fixed* set of validation episodes and the best
+checkpoint is kept; every ``checkpoint_every`` iterations the full state (weights, optimiser,
+schedule, every random state) is saved, so ``resume`` continues a killed run to exactly the
+parameters of an uninterrupted one. A non-finite loss or gradient stops the run with
+:class:`TrainingDiverged`, leaving the last good checkpoint untouched.
+
+Files in the run folder: ``config.yaml`` (the resolved settings), ``metrics.csv`` (one row per
+iteration and per validation), ``last.json``/``best.json`` with their tensor files
+(:mod:`lifelong.checkpoint`) and, when the ``tensorboard`` package is installed, ``tb/``.
+
+Example:
+    >>> result = train(RunConfig(algorithm="protonet", dataset="strokes", iterations=200,
+    ...                          out="runs/proto"))
+    >>> result.best_metric                      # validation accuracy of the best checkpoint
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+from tqdm import tqdm
+
+from lifelong import __version__
+from lifelong.algorithms.base import Algorithm
+from lifelong.build import DataFacts, build_algorithm, load_data, resolve_device
+from lifelong.checkpoint import (
+    has_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from lifelong.config import ConfigError, RunConfig, atomic_write
+from lifelong.evaluate import EpisodeSet, Evaluation, evaluate
+
+RESUMABLE = ("iterations", "device", "data_root", "out", "checkpoint_every", "val_every")
+"""Options that may change when a run is resumed; all others must match the saved run."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The meta-loss or its gradient became NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    """How a run ended: the last iteration, the best validation metric and its iteration
+    (``None`` without validation), whether a time budget stopped it early."""
+
+    run_dir: Path
+    step: int
+    best_metric: float | None
+    best_step: int | None
+    stopped_early: bool = False
+
+
+def lr_factor(cfg: RunConfig) -> Callable[[int], float]:
+    """The learning-rate multiplier after ``step`` optimiser steps: ``none`` (1), ``cosine``
+    (half a cosine from 1 to 0 over ``iterations``, Loshchilov & Hutter 2017) or ``step``
+    (``lr_gamma ** (step // lr_step)``, as the halving every 2000 episodes of Snell et al.)."""
+    if cfg.lr_schedule == "cosine":
+        return lambda step: (
+            0.5 * (1.0 + math.cos(math.pi * min(step, cfg.iterations) / cfg.iterations))
+        )
+    if cfg.lr_schedule == "step":
+        return lambda step: cfg.lr_gamma ** (step // cfg.lr_step)
+    return lambda step: 1.0
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class MetricsLog:
+    """``metrics.csv`` (and TensorBoard scalars when available). Reopening a log keeps only the
+    rows up to iteration ``keep_until``, so a resumed run writes no duplicates."""
+
+    COLUMNS = ("step", "split", "loss", "metric", "ci95", "grad_norm", "lr")
+
+    def __init__(self, run_dir: Path, keep_until: int) -> None:
+        self.path = run_dir / "metrics.csv"
+        rows: list[dict[str, str]] = []
+        if self.path.exists():
+            with self.path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= keep_until]
+        lines = [",".join(self.COLUMNS)] + [",".join(r[c] for c in self.COLUMNS) for r in rows]
+        atomic_write(self.path, ("\n".join(lines) + "\n").encode())
+        self.file = self.path.open("a", newline="")
+        self.writer = csv.DictWriter(self.file, self.COLUMNS)
+        self.tensorboard = _summary_writer(run_dir / "tb")
+
+    def write(self, step: int, split: str, **values: float | None) -> None:
+        self.writer.writerow({"step": step, "split": split, **values})
+        self.file.flush()
+        if self.tensorboard is not None:
+            for key, value in values.items():
+                if value is not None:
+                    self.tensorboard.add_scalar(f"{split}/{key}", value, step)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def _summary_writer(path: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(path))
+
+
+class Trainer:
+    """The meta-training loop of one run.
+
+    Args:
+        algorithm: the learner to meta-train (moved to ``device``).
+        config: the run's settings (optimiser, schedule, clipping, intervals, iterations).
+        sampler: the training episode sampler (its state is checkpointed).
+        run_dir: where checkpoints and logs go.
+        facts: the data facts saved with each checkpoint (so the run can be rebuilt).
+        validation: fixed validation episodes, or ``None`` for no validation.
+        device: where the algorithm and the batches live.
+        progress: show a tqdm progress bar (loss, metric, it/s) on stderr.
+        time_budget: stop (with a checkpoint) after this many seconds; used by the demo.
+    """
+
+    def __init__(
+        self,
+        algorithm: Algorithm,
+        config: RunConfig,
+        sampler: Any,
+        run_dir: str | Path,
+        facts: DataFacts,
+        validation: EpisodeSet | None = None,
+        device: torch.device | str = "cpu",
+        progress: bool = True,
+        time_budget: float | None = None,
+    ) -> None:
+        self.device = torch.device(device)
+        self.algorithm = algorithm.to(self.device).train()
+        self.config, self.sampler, self.facts = config, sampler, facts
+        self.run_dir = Path(run_dir)
+        self.validation, self.progress, self.time_budget = validation, progress, time_budget
+        self.optimizer = torch.optim.Adam(self.algorithm.parameters(), lr=config.meta_lr)
+        self.scheduler = LambdaLR(self.optimizer, lr_factor(config))
+        self.step = 0
+        self.best_metric: float | None = None
+        self.best_step: int | None = None
+        self.saved_step: int | None = None
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "step": self.step,
+            "config": self.config.to_dict(),
+            "facts": self.facts.to_dict(),
+            "algorithm": self.algorithm.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "rng": rng_state(),
+            "best": {"metric": self.best_metric, "step": self.best_step},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.algorithm.load_state_dict(state["algorithm"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        set_rng_state(state["rng"])
+        self.step = int(state["step"])
+        self.best_metric, self.best_step = state["best"]["metric"], state["best"]["step"]
+        self.saved_step = self.step
+
+    def save(self, tag: str) -> None:
+        save_checkpoint(self.run_dir, tag, self.state_dict())
+        if tag == "last":
+            self.saved_step = self.step
+
+    # ------------------------------------------------------------------ loop
+    def train_step(self) -> tuple[float, float, float]:
+        """One meta-update; returns loss, metric and gradient norm (before clipping)."""
+        batch = self.sampler.sample(self.config.meta_batch).to(self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        out = self.algorithm.meta_loss(batch)
+        loss = out.loss.detach().item()
+        if not math.isfinite(loss):
+            self._diverged(f"meta-loss is {loss}")
+        out.loss.backward()
+        clip = self.config.grad_clip or math.inf
+        norm = float(nn.utils.clip_grad_norm_(self.algorithm.parameters(), clip))
+        if not math.isfinite(norm):
+            self._diverged(f"gradient norm is {norm}")
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss, float(out.metric), norm
+
+    def _diverged(self, what: str) -> None:
+        last = (
+            f"the last good checkpoint (iteration {self.saved_step}) is in {self.run_dir}"
+            if self.saved_step is not None
+            else "no checkpoint was written yet"
+        )
+        raise TrainingDiverged(
+            f"training diverged at iteration {self.step + 1}: {what}; {last}. "
+            "Try a lower --meta-lr or --inner-lr, or --grad-clip"
+        )
+
+    def validate(self) -> Evaluation | None:
+        """Evaluate on the fixed validation episodes; save ``best`` when the metric improves
+        (higher accuracy, lower MSE)."""
+        if self.validation is None:
+            return None
+        result = evaluate(self.algorithm, self.validation, self.device, split="val")
+        sign = -1.0 if self.algorithm.regression else 1.0
+        if self.best_metric is None or sign * result.mean > sign * self.best_metric:
+            self.best_metric, self.best_step = result.mean, self.step
+            self.save("best")
+        return result
+
+    def fit(self) -> TrainResult:
+        """Train until ``config.iterations`` (or the time budget); return how it ended."""
+        cfg = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        log = MetricsLog(self.run_dir, keep_until=self.step)
+        bar = tqdm(
+            total=cfg.iterations,
+            initial=self.step,
+            disable=not self.progress,
+            unit="it",
+            dynamic_ncols=True,
+            desc=f"{cfg.algorithm} {cfg.dataset}",
+        )
+        metric_name = "mse" if self.algorithm.regression else "acc"
+        started, stopped_early, val = time.monotonic(), False, None
+        try:
+            while self.step < cfg.iterations:
+                lr = self.optimizer.param_groups[0]["lr"]
+                loss, metric, norm = self.train_step()
+                self.step += 1
+                log.write(self.step, "train", loss=loss, metric=metric, grad_norm=norm, lr=lr)
+                finished = self.step == cfg.iterations
+                out_of_time = (
+                    self.time_budget is not None and time.monotonic() - started > self.time_budget
+                )
+                if self.step % cfg.val_every == 0 or finished or out_of_time:
+                    val = self.validate() or val
+                    if val is not None:
+                        log.write(self.step, "val", metric=val.mean, ci95=val.ci95)
+                if self.step % cfg.checkpoint_every == 0 or finished or out_of_time:
+                    self.save("last")
+                postfix = {"loss": f"{loss:.4f}", metric_name: f"{metric:.4f}"}
+                if val is not None:
+                    postfix["val"] = f"{val.mean:.4f}"
+                bar.set_postfix(postfix, refresh=False)
+                bar.update()
+                if out_of_time:
+                    stopped_early = True
+                    break
+        finally:
+            bar.close()
+            log.close()
+        return TrainResult(self.run_dir, self.step, self.best_metric, self.best_step, stopped_early)
+
+
+def check_resumable(saved: RunConfig, config: RunConfig) -> None:
+    """A resumed run may change only :data:`RESUMABLE` options."""
+    for f in fields(RunConfig):
+        if f.name not in RESUMABLE and getattr(saved, f.name) != getattr(config, f.name):
+            raise ConfigError(
+                f"cannot resume with {f.name}={getattr(config, f.name)!r}: the run was trained "
+                f"with {f.name}={getattr(saved, f.name)!r} (only {', '.join(RESUMABLE)} may change)"
+            )
+
+
+def train(
+    config: RunConfig,
+    resume: bool = False,
+    progress: bool = True,
+    time_budget: float | None = None,
+) -> TrainResult:
+    """Meta-train the run described by ``config`` into ``config.out``.
+
+    With ``resume``, continue the run folder's last checkpoint (``config`` must match the
+    saved one, see :data:`RESUMABLE`); without it, a folder that already holds a run is an
+    error, so that no run is overwritten by accident.
+    """
+    if config.out is None:
+        raise ConfigError("no run folder given: pass --out RUN_DIR (or set out: in the config)")
+    run_dir = Path(config.out)
+    state = None
+    if resume:
+        if not has_checkpoint(run_dir, "last"):
+            raise ConfigError(f"nothing to resume: {str(run_dir)!r} has no checkpoint")
+        state = load_checkpoint(run_dir, "last")
+        check_resumable(RunConfig.from_dict(state["config"]), config)
+    elif has_checkpoint(run_dir, "last"):
+        raise ConfigError(
+            f"{str(run_dir)!r} already holds a run: pass --resume to continue it, "
+            "or choose another --out"
+        )
+    seed_everything(config.seed)
+    data = load_data(config)
+    algorithm = build_algorithm(config, data.facts)
+    device = resolve_device(config.device)
+    has_val = data.splits is None or "val" in data.splits
+    validation = (
+        data.sampler("val", seed=config.seed).fixed(config.val_episodes, seed=config.seed)
+        if has_val
+        else None
+    )
+    trainer = Trainer(
+        algorithm,
+        config,
+        data.sampler("train", seed=config.seed),
+        run_dir,
+        data.facts,
+        validation,
+        device,
+        progress,
+        time_budget,
+    )
+    if state is not None:
+        trainer.load_state_dict(state)
+    config.save(run_dir / "config.yaml")
+    return trainer.fit()

@@ -1,0 +1,165 @@
+"""The Trainer: exact resume, NaN stop, best checkpoint, schedules, metrics log."""
+
+from __future__ import annotations
+
+import csv
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lifelong.algorithms.base import Algorithm, MetaLoss
+from lifelong.build import DataFacts
+from lifelong.checkpoint import load_checkpoint
+from lifelong.config import ConfigError, RunConfig
+from lifelong.data.classes import ClassDataset, ClassInfo
+from lifelong.data.episodes import EpisodeSampler
+from lifelong.train import Trainer, TrainingDiverged, check_resumable, lr_factor, seed_everything
+
+
+class TinyProto(Algorithm):
+    """A prototypical-network loss on a linear embedding. Dropout and a numpy/Python-random
+    factor on the loss make every step draw from the global generators, so that an exact
+    resume needs all of them restored. ``poison_at``: the loss becomes NaN from that call on."""
+
+    def __init__(self, poison_at: int | None = None) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.Linear(64, 8))
+        self.poison_at, self.calls = poison_at, 0
+
+    def logits(self, support_x, support_y, ways, query_x):
+        z = self.encoder(support_x)
+        prototypes = torch.stack([z[support_y == k].mean(0) for k in range(ways)])
+        return -torch.cdist(self.encoder(query_x), prototypes).square()
+
+    def meta_loss(self, batch):
+        self.calls += 1
+        losses, accuracies = [], []
+        for e in batch:
+            logits = self.logits(e.support_x, e.support_y, e.ways, e.query_x)
+            losses.append(F.cross_entropy(logits, e.query_y))
+            accuracies.append((logits.argmax(-1) == e.query_y).float().mean())
+        loss = torch.stack(losses).mean() * (1 + 0.01 * np.random.rand() + 0.01 * random.random())
+        if self.poison_at is not None and self.calls >= self.poison_at:
+            loss = loss * math.nan
+        return MetaLoss(loss, torch.stack(accuracies).mean().detach())
+
+    def adapt(self, support_x, support_y, ways):
+        return lambda query_x: self.logits(support_x, support_y, ways, query_x)
+
+
+def split(name: str, classes: int, seed: int) -> ClassDataset:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (classes * 5, 1, 8, 8), generator=g, dtype=torch.uint8)
+    return ClassDataset(images, [5] * classes, [ClassInfo(f"{name}{k}") for k in range(classes)])
+
+
+TRAIN, VAL = split("train", 10, 0), split("val", 6, 1)
+FACTS = DataFacts("tiny", image_shape=(1, 8, 8), classes={"train": 10, "val": 6})
+
+
+def make_trainer(
+    run_dir: Path, iterations: int, algorithm: Algorithm | None = None, init_seed: int = 0, **opt
+) -> Trainer:
+    cfg = RunConfig(
+        ways=3, shots=1, queries=2, meta_batch=2, iterations=iterations, val_every=3,
+        val_episodes=4, checkpoint_every=2, meta_lr=0.01, out=str(run_dir), **opt,
+    )  # fmt: skip
+    seed_everything(init_seed)
+    algorithm = algorithm or TinyProto()
+    sampler = EpisodeSampler(TRAIN, 3, 1, 2, seed=cfg.seed)
+    validation = EpisodeSampler(VAL, 3, 1, 2).fixed(cfg.val_episodes, seed=cfg.seed)
+    return Trainer(algorithm, cfg, sampler, run_dir, FACTS, validation, progress=False)
+
+
+def test_resume_after_a_kill_reaches_exactly_the_uninterrupted_parameters(tmp_path):
+    options = {"lr_schedule": "cosine", "grad_clip": 5.0}
+    full = make_trainer(tmp_path / "full", 9, **options)
+    full.fit()
+
+    killed = make_trainer(tmp_path / "killed", 9, **options)
+    step = killed.train_step
+
+    def die_during_iteration_6():
+        if killed.step == 5:
+            raise KeyboardInterrupt
+        return step()
+
+    killed.train_step = die_during_iteration_6
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit()
+    state = load_checkpoint(tmp_path / "killed", "last")
+    assert state["step"] == 4  # checkpoints every 2 iterations
+
+    # A fresh process: another initialisation and other global random states.
+    resumed = make_trainer(tmp_path / "killed", 9, algorithm=TinyProto(), init_seed=123, **options)
+    resumed.load_state_dict(state)
+    result = resumed.fit()
+
+    assert result.step == 9
+    for (name, a), b in zip(
+        full.algorithm.state_dict().items(), resumed.algorithm.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    adam, adam_resumed = full.optimizer.state_dict(), resumed.optimizer.state_dict()
+    for k, moments in adam["state"].items():
+        assert torch.equal(moments["exp_avg_sq"], adam_resumed["state"][k]["exp_avg_sq"])
+    assert full.scheduler.state_dict() == resumed.scheduler.state_dict()
+    # The log of the resumed run is the log of the uninterrupted one, without duplicates.
+    assert (tmp_path / "killed" / "metrics.csv").read_text() == (
+        tmp_path / "full" / "metrics.csv"
+    ).read_text()
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path):
+    trainer = make_trainer(tmp_path, 10, algorithm=TinyProto(poison_at=6))
+    with pytest.raises(TrainingDiverged, match=r"iteration 6: meta-loss is nan.*iteration 4\)"):
+        trainer.fit()
+    state = load_checkpoint(tmp_path, "last")
+    assert state["step"] == 4
+    assert all(torch.isfinite(t).all() for t in state["algorithm"].values())
+    with (tmp_path / "metrics.csv").open() as f:
+        assert max(int(r["step"]) for r in csv.DictReader(f)) == 5  # nothing logged for 6
+
+
+def test_validation_keeps_the_best_checkpoint(tmp_path):
+    trainer = make_trainer(tmp_path, 7)
+    result = trainer.fit()
+    with (tmp_path / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    val = [(float(r["metric"]), int(r["step"])) for r in rows if r["split"] == "val"]
+    assert [s for _, s in val] == [3, 6, 7]  # every 3 iterations and at the end
+    best_metric = max(m for m, _ in val)
+    assert result.best_metric == best_metric
+    assert result.best_step == next(s for m, s in val if m == best_metric)
+    assert load_checkpoint(tmp_path, "best")["step"] == result.best_step
+    assert len([r for r in rows if r["split"] == "train"]) == 7
+    assert load_checkpoint(tmp_path, "last")["step"] == 7
+
+
+def test_learning_rate_schedules():
+    cosine = lr_factor(RunConfig(iterations=100, lr_schedule="cosine"))
+    assert cosine(0) == 1.0 and cosine(50) == pytest.approx(0.5) and cosine(100) == 0.0
+    step = lr_factor(RunConfig(lr_schedule="step", lr_step=10, lr_gamma=0.5))
+    assert [step(s) for s in (0, 9, 10, 25)] == [1.0, 1.0, 0.5, 0.25]
+    assert lr_factor(RunConfig())(10**6) == 1.0
+
+
+def test_the_optimizer_follows_the_schedule(tmp_path):
+    trainer = make_trainer(tmp_path, 4, lr_schedule="step", lr_step=2, lr_gamma=0.1)
+    trainer.fit()
+    with (tmp_path / "metrics.csv").open() as f:
+        lrs = [float(r["lr"]) for r in csv.DictReader(f) if r["split"] == "train"]
+    assert lrs == pytest.approx([0.01, 0.01, 0.001, 0.001])
+
+
+def test_resume_refuses_changed_settings():
+    saved = RunConfig(ways=5)
+    check_resumable(saved, saved.override(iterations=5000, device="cpu"))
+    with pytest.raises(ConfigError, match=r"cannot resume with ways=20: .* ways=5"):
+        check_resumable(saved, saved.override(ways=20))
