@@ -12,8 +12,9 @@ such that this online learning is fast and forgets little (the paper's Algorithm
 2. reset the PLN's output rows of the trajectory's classes (to zero), so that every trajectory
    learns its classes from scratch, as at meta-test time;
 3. inner loop: sequential SGD on the PLN over the trajectory, ``online_batch`` examples a step,
-   with the RLN's features held fixed (the PLN's parameters as a dict of tensors through
-   :func:`torch.func.functional_call`; second order: ``create_graph=True``);
+   with the RLN's features held fixed (the PLN's parameters as a dict of tensors, one step of
+   the shared :func:`~lifelong.algorithms.inner_loop.inner_loop` per mini-batch; second
+   order: ``create_graph=True``);
 4. outer loss: cross-entropy of the adapted PLN on fresh examples of the trajectory's classes
    (the episode's queries) and on the remember set; its gradient updates the RLN and the
    PLN's initialisation (Adam, by the :class:`~lifelong.train.Trainer`).
@@ -46,6 +47,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from lifelong.algorithms.base import Algorithm, MetaLoss, Predictor
+from lifelong.algorithms.functional import ModuleForward, Params
+from lifelong.algorithms.inner_loop import inner_loop
 from lifelong.algorithms.protonet import embed, embed_batch, eval_mode
 from lifelong.data.episodes import EpisodeBatch
 from lifelong.models.mlp import MLP
@@ -53,8 +56,6 @@ from lifelong.models.mlp import MLP
 if TYPE_CHECKING:
     from lifelong.build import DataFacts
     from lifelong.config import RunConfig
-
-Params = dict[str, Tensor]
 
 SINE_HIDDEN = (300,) * 7
 """Javed & White 2019, section 4.1: eight layers of 300 units, six in the RLN, two in the
@@ -121,22 +122,29 @@ class OML(Algorithm):
         return F.mse_loss(output, target) if self.regression else F.cross_entropy(output, target)
 
     def inner_loop(self, params: Params, features: Tensor, targets: Tensor) -> Params:
-        """Sequential SGD on the PLN: ``online_batch`` examples a step, in order."""
+        """Sequential SGD on the PLN: one step of :func:`~lifelong.algorithms.inner_loop.
+        inner_loop` per ``online_batch`` examples, in order."""
         create_graph = self.training and not self.first_order and torch.is_grad_enabled()
+        forward = ModuleForward(self.prediction)
+        names = list(params)
         with torch.enable_grad():  # the inner loop needs gradients even under no_grad
             for start in range(0, features.shape[0], self.online_batch):
                 stop = start + self.online_batch
-                output = functional_call(self.prediction, params, (features[start:stop],))
-                grads = torch.autograd.grad(
-                    self.loss(output, targets[start:stop]),
-                    list(params.values()),
+                params = inner_loop(
+                    forward,
+                    params,
+                    names,
+                    features[start:stop],
+                    targets[start:stop],
+                    self.loss,
+                    steps=1,
+                    lr=self.inner_rate,
                     create_graph=create_graph,
-                )
-                params = {
-                    name: p - self.inner_lr * g
-                    for (name, p), g in zip(params.items(), grads, strict=True)
-                }
+                )[-1]
         return params
+
+    def inner_rate(self, name: str, step: int) -> float:
+        return self.inner_lr
 
     def reset_rows(self, params: Params, classes: Tensor) -> Params:
         """The PLN's parameters with the output rows of ``classes`` set to zero (step 2)."""

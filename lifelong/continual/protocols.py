@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from lifelong.continual.learner import ContinualLearner
-from lifelong.continual.learners import LearnerSettings, make_learner
+from lifelong.continual.learners import LEARNERS, LearnerSettings, make_learner
 from lifelong.continual.metrics import (
     accuracy_matrix,
     average_accuracy,
@@ -321,9 +321,12 @@ def run_protocol(
     device: str = "cpu",
     checkpoint: str = "best",
     first_seed: int = 0,
+    split: str = "test",
 ) -> StreamResult:
     """Run protocol ``protocol`` (a key of :data:`PROTOCOLS`) on the trained run ``run_dir``
-    with ``learner`` over ``seeds`` seeds (``first_seed``, ``first_seed + 1``, ...).
+    with ``learner`` over ``seeds`` seeds (``first_seed``, ``first_seed + 1``, ...). Image
+    protocols stream the classes of ``split`` (``"val"``: for choosing settings without
+    touching the test classes).
 
     Raises:
         ValueError: an unknown protocol or learner, a protocol or learner that does not fit
@@ -333,6 +336,8 @@ def run_protocol(
 
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    if learner not in LEARNERS:
+        raise ValueError(f"unknown learner {learner!r}; choose one of {', '.join(LEARNERS)}")
     if seeds < 1:
         raise ValueError(f"seeds must be positive, got {seeds}")
     spec = PROTOCOLS[protocol]
@@ -385,9 +390,11 @@ def run_protocol(
 
         else:
             splits = load_data(trained.config).splits or {}
-            if "test" not in splits:
-                raise ValueError(f"{trained.config.dataset} has no test split for a task sequence")
-            dataset = splits["test"]
+            if split not in splits:
+                raise ValueError(
+                    f"{trained.config.dataset} has no split {split!r} for a task sequence"
+                )
+            dataset = splits[split]
             if classes % TASK_WAYS:
                 raise ValueError(
                     f"a sequence of {TASK_WAYS}-way tasks needs a multiple of {TASK_WAYS} "
@@ -419,6 +426,7 @@ def run_protocol(
             "checkpoint": checkpoint,
             "algorithm": trained.config.algorithm,
             "classes": classes,
-            **{k: v for k, v in vars(settings).items()},
+            "split": split,
+            **asdict(settings),
         },
     )

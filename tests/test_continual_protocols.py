@@ -1,0 +1,206 @@
+"""Protocols end to end: the runner, result summaries, plots, and `lifelong stream` on run
+folders (a ProtoNet run on strokes; an OML sinusoid run), with its one-line errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import typer
+from test_continual_learners import clusters, protonet
+from typer.testing import CliRunner
+
+from lifelong.continual.cli import stream_command
+from lifelong.continual.learners import LearnerSettings, make_learner
+from lifelong.continual.plots import plot_results
+from lifelong.continual.protocols import (
+    StreamResult,
+    report_points,
+    run_protocol,
+    run_seeds,
+    run_stream,
+)
+from lifelong.continual.streams import ClassStream, SineStream, task_sequence
+
+
+def test_report_points():
+    stream = ClassStream(clusters(12), classes=12, seed=0)
+    assert report_points(stream, (10, 50)) == [10, 12]
+    assert report_points(stream, None) == list(range(1, 13))
+    paired = ClassStream(clusters(12), classes=12, classes_per_step=4, seed=0)
+    assert report_points(paired, (5, 8)) == [8, 12]  # only step boundaries
+
+
+def test_run_stream_reports_all_seen_classes():
+    stream = ClassStream(clusters(12), classes=12, seed=0)
+    result = run_stream(make_learner("prototypes", protonet(), 12), stream, (4, 8))
+    assert result.boundaries == [4, 8, 12]
+    assert result.per_class.shape == (3, 12)
+    seen = ~torch.isnan(result.per_class)
+    assert seen.sum(1).tolist() == [4, 8, 12]
+    assert seen[0, :4].all()  # labels in order of arrival
+
+
+def test_task_aware_evaluation_is_easier():
+    """Task-aware scoring chooses among a task's classes only: never worse than choosing
+    among all classes seen."""
+    net = protonet()
+    aware = task_sequence(clusters(20, seed=3), tasks=4, ways=5, shots=1, queries=5, seed=0)
+    blind = ClassStream(clusters(20, seed=3), 20, 5, 1, 5, seed=0)
+    a = run_stream(make_learner("finetune", net, 20, settings=LearnerSettings(lr=0.2)), aware)
+    b = run_stream(make_learner("finetune", net, 20, settings=LearnerSettings(lr=0.2)), blind)
+    assert (a.per_class.nan_to_num(-1) >= b.per_class.nan_to_num(-1)).all()
+    assert float(a.per_class[-1].mean()) > float(b.per_class[-1].mean())
+
+
+def toy_result(learner: str = "prototypes", seeds=(0, 1, 2)) -> StreamResult:
+    net = protonet()
+
+    def make(seed):
+        stream = ClassStream(clusters(10, seed=seed), 10, 2, 15, 5, seed=seed)
+        settings = LearnerSettings(lr=0.2)
+        return make_learner(learner, net, stream.num_classes, seed, settings), stream
+
+    return StreamResult("toy", learner, "accuracy", list(seeds), run_seeds(make, seeds))
+
+
+def test_summary_and_table():
+    result = toy_result("finetune")
+    s = result.summary()
+    assert s["classes"] == 10 and s["seeds"] == 3
+    assert list(s["accuracy_by_classes"]) == ["2", "4", "6", "8", "10"]
+    curves = result.curves()
+    assert s["accuracy_by_classes"]["10"] == pytest.approx(float(curves[:, -1].mean()), abs=1e-6)
+    spread = float(curves[:, -1].std())
+    assert s["ci95"]["10"] == pytest.approx(1.96 * spread / math.sqrt(3), abs=1e-6)
+    assert s["forgetting"]["mean"] > 0.5  # fine-tuning forgets
+    assert len(s["accuracy_matrix"]) == 5 and s["accuracy_matrix"][0][1] is None
+    assert len(s["per_seed"]["forgetting"]) == 3
+    json.dumps(s, allow_nan=False)  # strict JSON: no NaN
+    table = result.table()
+    assert "finetune" in table and "forgetting" in table and "     10  " in table
+
+
+def test_plot(tmp_path):
+    path = plot_results([toy_result("prototypes"), toy_result("finetune")], tmp_path / "p.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="nothing to plot"):
+        plot_results([], tmp_path / "q.png")
+
+
+def test_sine_stream_mse():
+    """OML's incremental sine waves with a toy OML: the per-function MSE matrix."""
+    from lifelong.algorithms.oml import OML
+    from lifelong.models.mlp import MLP
+
+    torch.manual_seed(0)
+    oml = OML(
+        MLP(4, (16, 16), None),
+        1,
+        prediction_hidden=(16,),
+        functions=3,
+        online_batch=5,
+        inner_lr=0.01,
+    ).eval()
+    learner = make_learner("oml", oml, 1)
+    result = run_stream(learner, SineStream(3, 20, 10, seed=0))
+    assert result.per_class.shape == (3, 3)
+    assert torch.isnan(result.per_class[0, 1:]).all() and (result.per_class[2] > 0).all()
+    with pytest.raises(ValueError, match="prototype memory classifies by class means"):
+        make_learner("prototypes", oml, 3)
+
+
+# ----------------------------------------------------------------------- run folders and CLI
+@pytest.fixture(scope="module")
+def proto_run(tmp_path_factory):
+    from lifelong.config import RunConfig
+    from lifelong.train import train
+
+    out = tmp_path_factory.mktemp("runs") / "proto"
+    cfg = RunConfig(
+        algorithm="protonet",
+        dataset="strokes",
+        dataset_options={"classes": 60, "per_class": 20},
+        ways=5,
+        shots=1,
+        queries=5,
+        meta_batch=2,
+        iterations=3,
+        val_every=3,
+        val_episodes=4,
+        checkpoint_every=3,
+        hidden=(8,),
+        device="cpu",
+        out=str(out),
+    )
+    train(cfg, progress=False)
+    return out
+
+
+def cli(*args: str):
+    app = typer.Typer()
+    app.command()(stream_command)
+    return CliRunner().invoke(app, list(args))
+
+
+def test_task_sequence_on_a_run(proto_run):
+    result = run_protocol(proto_run, "task-sequence", "prototypes", classes=5, seeds=2)
+    assert result.boundaries == [5]
+    s = result.summary()
+    assert 0.0 <= s["accuracy_by_classes"]["5"] <= 1.0
+
+
+def test_stream_command_json(proto_run, tmp_path):
+    plot = tmp_path / "s.png"
+    out = cli(
+        str(proto_run),
+        "--protocol",
+        "task-sequence",
+        "--classes",
+        "5",
+        "--seeds",
+        "2",
+        "--learner",
+        "oml",
+        "--lr",
+        "0.1",
+        "--json",
+        "--plot",
+        str(plot),
+    )
+    assert out.exit_code == 0, out.output
+    s = json.loads(out.output)
+    assert set(s) >= {"accuracy_by_classes", "ci95", "forgetting", "bwt"}
+    assert s["learner"] == "oml" and s["settings"]["lr"] == 0.1
+    assert plot.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--protocol", "task-sequence", "--classes", "7"], "multiple of 5 classes, got 7"),
+        (["--protocol", "task-sequence", "--classes", "10"], "a stream of 10 classes needs 10"),
+        (
+            [
+                "--protocol",
+                "task-sequence",
+                "--learner",
+                "replay",
+                "--buffer",
+                "0",
+                "--classes",
+                "5",
+            ],
+            "needs a replay buffer of at least 1 example, got --buffer 0",
+        ),
+        (["--protocol", "incremental-sine"], "incremental-sine needs a regression (sinusoid) run"),
+        (["--protocol", "atari"], "unknown protocol 'atari'"),
+        (["--learner", "ewc"], "unknown learner 'ewc'"),
+    ],
+)
+def test_stream_command_errors(proto_run, args, message):
+    out = cli(str(proto_run), *args)
+    assert out.exit_code != 0
+    assert message in str(out.exception)
