@@ -120,9 +120,34 @@ def test_distances_stay_float32_under_autocast() -> None:
     torch.testing.assert_close(d, pairwise_distance(a, b))
 
 
+def test_mixed_precision_encoder(images: ClassDataset) -> None:
+    """``precision="bfloat16"`` runs the convolutions in bfloat16, the rest in float32; with
+    the default, an autocast region opened by the caller stays in force."""
+    torch.manual_seed(0)
+    batch = EpisodeSampler(images, ways=4, shots=2, queries=2, seed=0).sample(2).to("cpu")
+    model = ProtoNet(Conv4(1, 28, hidden=8)).eval()
+    conv_dtypes = []
+    model.encoder.features[0][0].register_forward_hook(
+        lambda module, args, out: conv_dtypes.append(out.dtype)
+    )
+    x = batch.query_x[0]
+    with torch.no_grad():
+        full, full_z = model.batch_logits(batch), model.embed(x)
+        model.precision = "bfloat16"
+        mixed, mixed_z = model.batch_logits(batch), model.embed(x)
+        model.precision = "float32"
+        with torch.autocast("cpu", torch.bfloat16):
+            outer = model.batch_logits(batch)
+    assert conv_dtypes == [torch.float32] * 2 + [torch.bfloat16] * 3
+    assert full.dtype == mixed.dtype == outer.dtype == mixed_z.dtype == torch.float32
+    torch.testing.assert_close(mixed_z, full_z, rtol=0, atol=0.02 * float(full_z.abs().max()))
+    torch.testing.assert_close(outer, mixed)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
+        ({"precision": "int8"}, "unknown precision"),
         ({"distance": "manhattan"}, "unknown distance"),
         ({"distance": "lp", "p": 0.0}, "p > 0"),
         ({"temperature": 0.0}, "temperature"),

@@ -23,7 +23,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lifelong.algorithms.base import Algorithm, MetaLoss, Predictor
-from lifelong.algorithms.protonet import embed, embed_batch, eval_mode
+from lifelong.algorithms.protonet import (
+    Precision,
+    check_precision,
+    embed,
+    embed_batch,
+    eval_mode,
+)
 from lifelong.data.episodes import EpisodeBatch
 
 
@@ -89,7 +95,8 @@ class FineTune(Algorithm):
         head_weight_decay: L2 penalty of the per-task head.
         normalize: L2-normalise embeddings before the per-task head (Tian et al. 2020).
         embedding_dim: size of the embedding; read from ``encoder.embedding_dim`` if omitted.
-        channels_last: feed images in NHWC layout (see :func:`lifelong.algorithms.protonet.embed`).
+        channels_last, precision: how images are fed to the encoder (see
+            :func:`lifelong.algorithms.protonet.embed`).
 
     Example:
         >>> model = FineTune(ResNet12(3, 84), num_classes=64, head_steps=300)
@@ -105,8 +112,10 @@ class FineTune(Algorithm):
         normalize: bool = True,
         embedding_dim: int | None = None,
         channels_last: bool = True,
+        precision: Precision = "float32",
     ) -> None:
         super().__init__()
+        check_precision(precision)
         dim = (
             embedding_dim if embedding_dim is not None else getattr(encoder, "embedding_dim", None)
         )
@@ -125,10 +134,11 @@ class FineTune(Algorithm):
         self.head_weight_decay = head_weight_decay
         self.normalize = normalize
         self.channels_last = channels_last
+        self.precision: Precision = precision
 
     def features(self, x: Tensor) -> Tensor:
         """The embeddings a per-task head sees (L2-normalised if ``normalize``)."""
-        return self.head_input(embed(self.encoder, x, self.channels_last))
+        return self.head_input(embed(self.encoder, x, self.channels_last, self.precision))
 
     def head_input(self, z: Tensor) -> Tensor:
         return F.normalize(z, dim=-1) if self.normalize else z
@@ -148,7 +158,7 @@ class FineTune(Algorithm):
     def meta_loss(self, batch: EpisodeBatch) -> MetaLoss:
         """Cross-entropy of the global classifier on all images of the batch."""
         support_y, query_y = self.global_labels(batch)
-        support, query = embed_batch(self.encoder, batch, self.channels_last)
+        support, query = embed_batch(self.encoder, batch, self.channels_last, self.precision)
         logits = self.classifier(torch.cat((support.flatten(0, 1), query.flatten(0, 1))))
         targets = torch.cat((support_y.flatten(), query_y.flatten()))
         loss = F.cross_entropy(logits, targets)
@@ -168,7 +178,7 @@ class FineTune(Algorithm):
     def adapt(self, support_x: Tensor, support_y: Tensor, ways: int) -> Predictor:
         """Fit a ``ways``-way head on the frozen support embeddings (eval mode)."""
         with eval_mode(self), torch.no_grad():
-            support = embed(self.encoder, support_x, self.channels_last)
+            support = embed(self.encoder, support_x, self.channels_last, self.precision)
         weight, bias = self.fit(support, support_y, ways)
 
         def predict(x: Tensor) -> Tensor:
@@ -181,7 +191,7 @@ class FineTune(Algorithm):
         """Per-episode query accuracy ``[B]``: one forward for all images, all heads fitted
         together (the same heads as :meth:`adapt` episode by episode)."""
         with eval_mode(self), torch.no_grad():
-            support, query = embed_batch(self.encoder, batch, self.channels_last)
+            support, query = embed_batch(self.encoder, batch, self.channels_last, self.precision)
         weight, bias = self.fit(support, batch.support_y, batch.ways)
         logits = linear_head(self.head_input(query), weight, bias)
         return (logits.argmax(-1) == batch.query_y).float().mean(-1)

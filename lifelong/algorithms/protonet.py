@@ -22,7 +22,8 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -50,30 +51,53 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
             m.training = training
 
 
-def embed(encoder: nn.Module, x: Tensor, channels_last: bool = True) -> Tensor:
-    """Embeddings ``[n, D]`` of inputs ``[n, ...]``: ``encoder.embed`` if the encoder has one
-    (a backbone with an unused head), else ``encoder(x)``; flattened after the first dim.
+Precision = Literal["float32", "bfloat16", "float16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
-    ``channels_last`` hands images ``[n, C, H, W]`` to the encoder in NHWC layout, so that
-    oneDNN convolutions (CPU) run in their fast layout; the values are unchanged. The strides
-    are set explicitly (``empty_like`` + ``copy_``) because ``.contiguous(channels_last)``
-    leaves a 1-channel image (Omniglot) in a layout the convolution reads as NCHW.
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+
+
+def embed(
+    encoder: nn.Module, x: Tensor, channels_last: bool = True, precision: Precision = "float32"
+) -> Tensor:
+    """Embeddings ``[n, D]`` of inputs ``[n, ...]``: ``encoder.embed`` if the encoder has one
+    (a backbone with an unused head), else ``encoder(x)``; flattened after the first dim and
+    returned in at least float32.
+
+    ``channels_last`` hands images ``[n, C, H, W]`` to the encoder in NHWC layout, the fast
+    layout of oneDNN (CPU) and cuDNN convolutions; the values are unchanged. The strides are
+    set explicitly (``empty_like`` + ``copy_``) because ``.contiguous(channels_last)`` leaves
+    a 1-channel image (Omniglot) in a layout the convolution reads as NCHW. ``precision``
+    other than ``"float32"`` runs the encoder under ``torch.autocast`` in that dtype
+    (``"bfloat16"``: AMX / AVX-512-BF16 on CPUs, tensor cores on GPUs); otherwise an autocast
+    region the caller opened stays in force.
     """
     if channels_last and x.dim() == 4:
         x = torch.empty_like(x, memory_format=torch.channels_last).copy_(x)
     forward = getattr(encoder, "embed", None)
-    z = forward(x) if callable(forward) else encoder(x)
-    return z.flatten(1)
+    with (
+        torch.autocast(x.device.type, getattr(torch, precision))
+        if precision != "float32"
+        else nullcontext()
+    ):
+        z = forward(x) if callable(forward) else encoder(x)
+    return full_precision(z.flatten(1))
 
 
 def embed_batch(
-    encoder: nn.Module, batch: EpisodeBatch, channels_last: bool = True
+    encoder: nn.Module,
+    batch: EpisodeBatch,
+    channels_last: bool = True,
+    precision: Precision = "float32",
 ) -> tuple[Tensor, Tensor]:
     """Support ``[B, N*K, D]`` and query ``[B, N*Q, D]`` embeddings of a batch of episodes,
     from ONE encoder forward over all their images (see :func:`embed`)."""
     episodes, support = batch.support_y.shape
     images = torch.cat((batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)))
-    z = embed(encoder, images, channels_last)
+    z = embed(encoder, images, channels_last, precision)
     return (
         z[: episodes * support].unflatten(0, (episodes, support)),
         z[episodes * support :].unflatten(0, (episodes, -1)),
@@ -92,6 +116,8 @@ class ProtoNet(Algorithm):
         temperature: logits are ``-d / temperature`` (1 in the paper; cosine distances, which
             lie in [0, 2], usually want a small one, e.g. 0.1).
         channels_last: feed images in NHWC layout (see :func:`embed`).
+        precision: ``"bfloat16"`` or ``"float16"`` run the encoder under autocast (mixed
+            precision; prototypes and distances stay float32), see :func:`embed`.
 
     Example:
         >>> model = ProtoNet(Conv4(1, 28, out_features=None), distance="cosine", temperature=0.1)
@@ -106,9 +132,11 @@ class ProtoNet(Algorithm):
         p: float = 2.0,
         temperature: float = 1.0,
         channels_last: bool = True,
+        precision: Precision = "float32",
     ) -> None:
         super().__init__()
         check_distance(distance, p)
+        check_precision(precision)
         if not temperature > 0:
             raise ValueError(f"temperature must be positive, got {temperature!r}")
         self.encoder = encoder
@@ -116,10 +144,11 @@ class ProtoNet(Algorithm):
         self.p = p
         self.temperature = temperature
         self.channels_last = channels_last
+        self.precision: Precision = precision
 
     def embed(self, x: Tensor) -> Tensor:
         """``f_phi(x)``: embeddings ``[n, D]`` of inputs ``[n, ...]`` (in the current mode)."""
-        return embed(self.encoder, x, self.channels_last)
+        return embed(self.encoder, x, self.channels_last, self.precision)
 
     @staticmethod
     def prototypes(embeddings: Tensor, labels: Tensor, ways: int) -> Tensor:
@@ -152,7 +181,7 @@ class ProtoNet(Algorithm):
 
     def batch_logits(self, batch: EpisodeBatch) -> Tensor:
         """Query logits ``[B, N*Q, N]`` of a batch of episodes, from one encoder forward."""
-        support, query = embed_batch(self.encoder, batch, self.channels_last)
+        support, query = embed_batch(self.encoder, batch, self.channels_last, self.precision)
         return self.logits(query, self.prototypes(support, batch.support_y, batch.ways))
 
     def meta_loss(self, batch: EpisodeBatch) -> MetaLoss:
