@@ -241,6 +241,8 @@ def build_algorithm(cfg: RunConfig, facts: DataFacts) -> Algorithm:
     inner = {"inner_lr": cfg.inner_lr, "inner_steps": cfg.inner_steps}
     inner = {k: v for k, v in inner.items() if v is not None}
     if cfg.algorithm in MAML_VARIANTS or cfg.algorithm == "reptile":
+        if facts.regression and cfg.inner_lr is None:
+            inner["inner_lr"] = 0.01  # Finn et al. 2017's sinusoid value (0.4 is Omniglot's)
         model = build_model(cfg, facts, 1 if facts.regression else cfg.ways)
         evaluation = {"eval_inner_steps": cfg.eval_inner_steps, "regression": facts.regression}
         if cfg.algorithm == "reptile":

@@ -161,6 +161,10 @@ def train(
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    deterministic: Annotated[
+        bool | None,
+        typer.Option("--deterministic/--nondeterministic", help="Deterministic GPU kernels."),
+    ] = None,
     val_every: Annotated[int | None, typer.Option(help="Validate every N iterations.")] = None,
     val_episodes: Annotated[int | None, typer.Option(help="Fixed validation episodes.")] = None,
     test_episodes: Annotated[

@@ -98,7 +98,9 @@ class RunConfig:
     filters; MLP: the hidden widths), ``strided`` (MAML's stride-2 Conv-4), ``distance``,
     ``distance_p`` and ``temperature`` (ProtoNet: logits ``-d / temperature``).
 
-    Run: ``seed``, ``device`` (``auto``, ``cpu``, ``cuda``), validation every ``val_every``
+    Run: ``seed``, ``device`` (``auto``, ``cpu``, ``cuda``), ``deterministic`` (PyTorch's
+    deterministic algorithms, so that a resumed CUDA run repeats an uninterrupted one exactly;
+    on the CPU runs are reproducible without it), validation every ``val_every``
     iterations on ``val_episodes`` fixed episodes, ``test_episodes`` for ``lifelong evaluate``
     (default 1000, 600 on miniImageNet), a checkpoint every ``checkpoint_every`` iterations,
     the run folder ``out``.
@@ -135,6 +137,7 @@ class RunConfig:
     temperature: float = 1.0
     seed: int = 0
     device: str = "auto"
+    deterministic: bool = False
     val_every: int = 500
     val_episodes: int = 200
     test_episodes: int | None = None

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -83,11 +84,16 @@ def lr_factor(cfg: RunConfig) -> Callable[[int], float]:
     return lambda step: 1.0
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python's, numpy's and torch's global generators."""
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python's, numpy's and torch's global generators; ``deterministic`` also makes
+    PyTorch use deterministic kernels (cuDNN and cuBLAS on GPUs), at some cost in speed."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
 
 
 class MetricsLog:
@@ -321,7 +327,7 @@ def train(
             f"{str(run_dir)!r} already holds a run: pass --resume to continue it, "
             "or choose another --out"
         )
-    seed_everything(config.seed)
+    seed_everything(config.seed, config.deterministic)
     data = load_data(config)
     algorithm = build_algorithm(config, data.facts)
     device = resolve_device(config.device)

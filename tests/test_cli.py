@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+import lifelong.cli
 from lifelong.checkpoint import load_checkpoint
 from lifelong.cli import main
 from lifelong.data.strokes import load_strokes
@@ -184,7 +185,11 @@ def test_python_dash_m_runs_the_same_cli():
 
 
 @pytest.mark.slow
-def test_demo_writes_a_table_and_a_plot(tmp_path, capsys):
+def test_demo_writes_a_table_and_a_plot(tmp_path, capsys, monkeypatch):
+    small = {"dataset_options": {"classes": {"train": 40, "val": 10, "test": 10}, "per_class": 8}}
+    runs = [r._replace(options={**r.options, **small}) if r.options["dataset"] == "strokes" else r
+            for r in lifelong.cli.DEMO_RUNS]  # fmt: skip
+    monkeypatch.setattr(lifelong.cli, "DEMO_RUNS", tuple(runs))  # fewer classes to generate
     code, out, _ = cli(capsys, "demo", "--minutes", "0.15", "--episodes", "20", "--out", tmp_path)
     assert code == 0
     rows = json.loads((tmp_path / "demo.json").read_text())

@@ -16,10 +16,18 @@ from torch import nn
 from lifelong.algorithms.base import Algorithm, MetaLoss
 from lifelong.build import DataFacts
 from lifelong.checkpoint import load_checkpoint
-from lifelong.config import ConfigError, RunConfig
+from lifelong.config import ALGORITHMS, ConfigError, RunConfig
 from lifelong.data.classes import ClassDataset, ClassInfo
 from lifelong.data.episodes import EpisodeSampler
-from lifelong.train import Trainer, TrainingDiverged, check_resumable, lr_factor, seed_everything
+from lifelong.evaluate import evaluate_run
+from lifelong.train import (
+    Trainer,
+    TrainingDiverged,
+    check_resumable,
+    lr_factor,
+    seed_everything,
+    train,
+)
 
 
 class TinyProto(Algorithm):
@@ -163,3 +171,52 @@ def test_resume_refuses_changed_settings():
     check_resumable(saved, saved.override(iterations=5000, device="cpu"))
     with pytest.raises(ConfigError, match=r"cannot resume with ways=20: .* ways=5"):
         check_resumable(saved, saved.override(ways=20))
+
+
+# ----------------------------------------------------------------- real algorithms, end to end
+STROKES = {
+    "dataset": "strokes",
+    "dataset_options": {"classes": {"train": 20, "val": 8, "test": 8}, "per_class": 6},
+    "ways": 3, "shots": 1, "queries": 2, "meta_batch": 2, "hidden": (8,), "strided": True,
+    "val_every": 2, "val_episodes": 3, "checkpoint_every": 2, "device": "cpu",
+}  # fmt: skip
+SINUSOID = {
+    "dataset": "sinusoid", "backbone": "mlp", "hidden": (16, 16), "shots": 5, "queries": 5,
+    "meta_batch": 3, "val_every": 2, "val_episodes": 3, "checkpoint_every": 2, "device": "cpu",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "options"),
+    [(a, STROKES) for a in ALGORITHMS] + [(a, SINUSOID) for a in ("maml", "reptile", "oml")],
+    ids=lambda v: v if isinstance(v, str) else v["dataset"],
+)
+def test_every_algorithm_trains_saves_and_evaluates(algorithm, options, tmp_path):
+    cfg = RunConfig(algorithm=algorithm, iterations=1, out=str(tmp_path), **options)
+    assert train(cfg, progress=False).step == 1
+    result = evaluate_run(tmp_path, episodes=2)
+    assert result.metric == ("mse" if options is SINUSOID else "accuracy")
+    assert result.episodes == 2 and math.isfinite(result.mean)
+
+
+def test_maml_resume_through_train_matches_an_uninterrupted_run(tmp_path):
+    cfg = RunConfig(algorithm="maml", iterations=4, out=str(tmp_path / "straight"), **STROKES)
+    train(cfg, progress=False)
+    parts = cfg.override(iterations=2, out=str(tmp_path / "parts"))
+    train(parts, progress=False)
+    train(parts.override(iterations=4), resume=True, progress=False)
+    straight = load_checkpoint(tmp_path / "straight", "last")["algorithm"]
+    resumed = load_checkpoint(tmp_path / "parts", "last")["algorithm"]
+    for name, tensor in straight.items():
+        assert torch.equal(resumed[name], tensor), name
+
+
+@pytest.mark.parametrize("algorithm", ["protonet", "maml"])
+def test_deterministic_mode_trains(algorithm, tmp_path):
+    cfg = RunConfig(algorithm=algorithm, iterations=1, deterministic=True, out=str(tmp_path),
+                    **STROKES)  # fmt: skip
+    try:
+        assert train(cfg, progress=False).step == 1
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
