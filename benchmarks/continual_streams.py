@@ -1,23 +1,33 @@
-"""Continual Omniglot, every learner side by side (Javed & White 2019; Beaulieu et al. 2020).
+"""Lifelong-learning protocols, every learner side by side, with the settings chosen fairly.
 
-The protocol (:mod:`lifelong.continual.protocols`, ``continual-omniglot``): Omniglot evaluation
-set (Lake's split), classes learned one after another, 15 training images per class each seen
-once, tested on the other 5; accuracy on all classes seen at 10, 50, 100, 200, 400, 600
-classes, mean and 95% CI over seeds. Published at 600 classes: OML 18.2%, ANML 63.8%, an
-i.i.d.-trained oracle 71% (Beaulieu et al. 2020, Table 1).
+Runs one protocol of :mod:`lifelong.continual.protocols` for several ``LEARNER@RUN`` entries (a
+learner of :data:`lifelong.continual.learners.LEARNERS` on a run folder) and writes their
+summaries and one plot:
 
-Each entry is ``LEARNER@RUN``: a learner of :data:`lifelong.continual.learners.LEARNERS` on a
-run folder. The learning rate of an SGD learner is chosen, unless given, on the *validation*
-classes (Lake's 100 background validation characters, never used for meta-training by the
-configs of ``configs/continual-omniglot-*.yaml``), by the accuracy after 100 classes with one
-seed, from ``--lr-grid``; the test classes are used once, for the reported numbers.
+* ``continual-omniglot`` (Javed & White 2019; Beaulieu et al. 2020): the Omniglot evaluation set
+  (Lake's split), classes learned one after another, 15 training images per class each seen
+  once, tested on the other 5; accuracy on all classes seen at 10, 50, 100, 200, 400, 600.
+  Published at 600 classes: OML 18.2%, ANML 63.8%, an i.i.d.-trained oracle 71% (Beaulieu et
+  al. 2020, Table 1).
+* ``incremental-sine`` (Javed & White 2019, section 4.1): MSE on 10 sine functions learned one
+  after another.
+* ``task-sequence``: 5-way 5-shot tasks one after another.
+
+The learning rate of an SGD learner is chosen, unless ``--lr`` is given, from ``--lr-grid`` by
+one stream of streams that are never reported: for image protocols the *validation* classes
+(Omniglot: Lake's 100 background validation characters, never used for meta-training by
+``configs/continual-omniglot-*.yaml``), for sine waves streams of other seeds (1000 on); the
+score is the metric after ``--val-classes`` classes (all functions for sine waves). The
+reported streams (seeds 0..seeds-1, test classes) are used once.
 
 Usage:
-    python benchmarks/continual_omniglot.py --data-root /work/shared/data/omniglot \\
+    python benchmarks/continual_streams.py --data-root /work/shared/data/omniglot \\
         --entry prototypes@runs/co-proto --entry oml@runs/co-oml \\
         --entry finetune@runs/co-oml --entry replay@runs/co-oml --seeds 10
+    python benchmarks/continual_streams.py --protocol incremental-sine \\
+        --entry oml@runs/sine-oml --entry finetune@runs/sine-oml --seeds 20
 
-Writes ``benchmarks/results/continual_omniglot.json`` and ``.png`` (``--out`` changes the
+Writes ``benchmarks/results/continual_{protocol}.json`` and ``.png`` (``--out`` changes the
 stem).
 """
 
@@ -25,16 +35,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from lifelong.continual.learners import LearnerSettings
 from lifelong.continual.plots import plot_results
-from lifelong.continual.protocols import StreamResult, run_protocol
+from lifelong.continual.protocols import PROTOCOLS, StreamResult, run_protocol
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_GRID = (0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
@@ -43,32 +55,37 @@ DEFAULT_GRID = (0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
 def select_lr(
     run: str, learner: str, grid: list[float], settings: LearnerSettings, args: argparse.Namespace
 ) -> tuple[float, dict[str, float]]:
-    """The rate of ``grid`` with the best validation accuracy after ``args.val_classes``."""
+    """The rate of ``grid`` with the best metric on a validation stream (see the module doc)."""
+    sine = PROTOCOLS[args.protocol].regression
     scores = {}
     for lr in grid:
         result = run_protocol(
             run,
-            "continual-omniglot",
+            args.protocol,
             learner,
-            classes=args.val_classes,
+            classes=None if sine else args.val_classes,
             seeds=1,
-            settings=LearnerSettings(**{**settings.__dict__, "lr": lr}),
+            settings=replace(settings, lr=lr),
             data_root=args.data_root,
             device=args.device,
-            split="val",
+            split="test" if sine else "val",
             first_seed=1000,
         )
-        scores[str(lr)] = result.summary()["accuracy_by_classes"][str(args.val_classes)]
-        print(f"  {learner}@{run} lr {lr}: val accuracy {scores[str(lr)]:.4f}", flush=True)
-    best = max(grid, key=lambda lr: scores[str(lr)])
+        summary = result.summary()
+        score = summary[f"{result.metric}_by_classes"][str(result.boundaries[-1])]
+        worst = math.inf if sine else -math.inf  # a diverged run
+        scores[str(lr)] = worst if score is None else score
+        print(f"  {learner}@{run} lr {lr}: validation {result.metric} {score}", flush=True)
+    best = (min if sine else max)(grid, key=lambda lr: scores[str(lr)])
     return best, scores
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--protocol", default="continual-omniglot", choices=list(PROTOCOLS))
     parser.add_argument("--entry", action="append", required=True, help="LEARNER@RUN_DIR")
     parser.add_argument("--data-root", default=None, help="folder with the Omniglot zips")
-    parser.add_argument("--classes", type=int, default=600)
+    parser.add_argument("--classes", type=int, default=None, help="default: the protocol's")
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--lr", type=float, default=None, help="skip the search: this rate")
     parser.add_argument("--lr-grid", type=float, nargs="+", default=list(DEFAULT_GRID))
@@ -77,8 +94,9 @@ def main() -> None:
     parser.add_argument("--optimizer", default="sgd")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=str(HERE / "results" / "continual_omniglot"))
+    parser.add_argument("--out", default=None, help="default: results/continual_{protocol}")
     args = parser.parse_args()
+    args.out = args.out or str(HERE / "results" / f"continual_{args.protocol.replace('-', '_')}")
     torch.set_num_threads(args.threads)
 
     entries, results = [], []
@@ -90,11 +108,11 @@ def main() -> None:
         search = None
         if learner != "prototypes" and args.lr is None:
             lr, search = select_lr(run, learner, args.lr_grid, settings, args)
-            settings = LearnerSettings(**{**settings.__dict__, "lr": lr})
+            settings = replace(settings, lr=lr)
         started = time.perf_counter()
         result: StreamResult = run_protocol(
             run,
-            "continual-omniglot",
+            args.protocol,
             learner,
             classes=args.classes,
             seeds=args.seeds,
@@ -117,7 +135,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {
-        "benchmark": "continual-omniglot",
+        "benchmark": args.protocol,
         "command": " ".join(["python", *sys.argv]),
         "machine": {
             "platform": platform.platform(),

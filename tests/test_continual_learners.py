@@ -9,7 +9,7 @@ from torch import nn
 
 from lifelong.algorithms.protonet import ProtoNet
 from lifelong.continual.learners import LearnerSettings, make_learner
-from lifelong.continual.metrics import accuracy_matrix, forgetting
+from lifelong.continual.metrics import accuracy_matrix, backward_transfer, forgetting
 from lifelong.continual.online import OnlineSGD
 from lifelong.continual.protocols import run_stream
 from lifelong.continual.prototypes import PrototypeMemory
@@ -67,6 +67,9 @@ def test_prototypes_do_not_forget_while_finetuning_does():
     R_tune = accuracy_matrix(finetune.per_class, finetune.boundaries)
     assert float(R_proto[-1].mean()) > 0.95  # still knows every class
     assert forgetting(R_proto) < 0.05
+    # within its group a class is told apart by prototypes that never change: exactly 0
+    within = accuracy_matrix(prototypes.within_group, prototypes.boundaries)
+    assert forgetting(within) == 0.0 and backward_transfer(within) == 0.0
     assert float(R_tune.diagonal().mean()) >= 0.8  # learns each new pair of classes...
     assert float(R_tune[-1, :-1].mean()) < 0.5  # ...and forgets the earlier ones
     assert forgetting(R_tune) > 0.5

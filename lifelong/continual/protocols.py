@@ -96,24 +96,20 @@ def report_points(stream: Stream, report_at: Sequence[int] | None) -> list[int]:
     return points
 
 
-def example_metric(
-    learner: ContinualLearner,
-    x: Tensor,
-    y: Tensor,
-    label: Tensor,
-    classes_per_step: int,
-    task_aware: bool,
-) -> Tensor:
-    """The metric of each test example ``[n]``: 1/0 for a right/wrong class (task-aware: chosen
-    among the classes of the example's own step only), or the squared error (regression)."""
+def example_metrics(
+    learner: ContinualLearner, x: Tensor, y: Tensor, group: Tensor
+) -> tuple[Tensor, Tensor | None]:
+    """The metric of each test example ``[n]``, twice: choosing among all classes seen, and
+    choosing among the classes of the example's own group only (``group [num_classes]``: the
+    group of each class), as in task-incremental evaluation; 1/0 for a right/wrong class. For
+    regression: the squared error, and ``None``."""
     output = learner.predict(x)
     if learner.regression:
-        return (output - y).pow(2).flatten(1).mean(1).double()
-    if task_aware:
-        task = torch.arange(output.shape[1], device=output.device) // classes_per_step
-        own = task.unsqueeze(0) == (label.to(output.device) // classes_per_step).unsqueeze(1)
-        output = output.masked_fill(~own, -math.inf)
-    return (output.argmax(-1) == y).double()
+        return (output - y).pow(2).flatten(1).mean(1).double(), None
+    group = group.to(output.device)
+    own = group.unsqueeze(0) == group[y].unsqueeze(1)
+    within = output.masked_fill(~own, -math.inf).argmax(-1) == y
+    return (output.argmax(-1) == y).double(), within.double()
 
 
 def per_class_mean(value: Tensor, label: Tensor, num_classes: int) -> Tensor:
@@ -126,11 +122,21 @@ def per_class_mean(value: Tensor, label: Tensor, num_classes: int) -> Tensor:
 
 @dataclass
 class SeedResult:
-    """One seed: ``per_class [T, C]`` (the metric of each class after each of the ``T``
-    evaluations; NaN before the class arrived) at the class counts ``boundaries``, and the
-    seconds the stream took (learning and testing)."""
+    """One seed at the class counts ``boundaries`` (the ``T`` evaluation points).
+
+    Attributes:
+        per_class: ``[T, C]``, the metric of each class after each evaluation (NaN before the
+            class arrived): for class-incremental streams the class is chosen among all
+            classes seen, for task-aware streams among its group's classes.
+        within_group: ``[T, C]``, the accuracy choosing among the classes of the class's own
+            group only (the classes learned between the same two evaluations): what the
+            learner still knows about a group, whatever arrived since (``None`` for
+            regression).
+        seconds: the time the stream took (learning and testing).
+    """
 
     per_class: Tensor
+    within_group: Tensor | None
     boundaries: list[int]
     seconds: float
 
@@ -144,11 +150,12 @@ def run_stream(
     """Show ``stream`` to ``learner`` step by step; after the steps that end at a count of
     :func:`report_points`, test it on the held-out examples of all classes seen so far."""
     points = report_points(stream, report_at)
+    group = torch.searchsorted(torch.tensor(points), torch.arange(stream.num_classes), right=True)
     started = time.perf_counter()
     test_x: list[Tensor] = []
     test_y: list[Tensor] = []
     labels: list[Tensor] = []
-    rows = []
+    rows, within_rows = [], []
     for step, seen in zip(stream, stream.boundaries, strict=True):
         step = step.to(device)
         learner.observe(step.train_x, step.train_y)
@@ -157,16 +164,15 @@ def run_stream(
         labels.append(step.classes.repeat_interleave(len(step.test_y) // len(step.classes)))
         if seen in points:
             label = torch.cat(labels)
-            value = example_metric(
-                learner,
-                torch.cat(test_x),
-                torch.cat(test_y),
-                label,
-                stream.classes_per_step,
-                stream.task_aware,
-            )
+            value, within = example_metrics(learner, torch.cat(test_x), torch.cat(test_y), group)
+            if within is not None:
+                within_rows.append(per_class_mean(within, label, stream.num_classes))
+                if stream.task_aware:
+                    value = within
             rows.append(per_class_mean(value, label, stream.num_classes))
-    return SeedResult(torch.stack(rows), points, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    within_group = torch.stack(within_rows) if within_rows else None
+    return SeedResult(torch.stack(rows), within_group, points, seconds)
 
 
 # --------------------------------------------------------------------------- over seeds
@@ -195,6 +201,7 @@ class StreamResult:
         seeds: the seeds (one stream order and one fresh learner each).
         results: one :class:`SeedResult` per seed.
         settings: what else defines the run (classes, learner settings, run folder...).
+        task_aware: the stream was scored task-aware (then ``within_group`` is the metric).
     """
 
     protocol: str
@@ -203,6 +210,7 @@ class StreamResult:
     seeds: list[int]
     results: list[SeedResult]
     settings: dict[str, Any] = field(default_factory=dict)
+    task_aware: bool = False
 
     @property
     def boundaries(self) -> list[int]:
@@ -212,9 +220,13 @@ class StreamResult:
     def higher_is_better(self) -> bool:
         return self.metric == "accuracy"
 
-    def matrices(self) -> list[Tensor]:
-        """The accuracy matrix ``R`` of each seed."""
-        return [accuracy_matrix(r.per_class, r.boundaries) for r in self.results]
+    def matrices(self, within_group: bool = False) -> list[Tensor]:
+        """The accuracy matrix ``R`` of each seed (of the within-group accuracy if
+        ``within_group``)."""
+        return [
+            accuracy_matrix(r.within_group if within_group else r.per_class, r.boundaries)
+            for r in self.results
+        ]
 
     def curves(self) -> Tensor:
         """``[seeds, T]``: the metric on all classes seen, after each evaluation."""
@@ -223,7 +235,10 @@ class StreamResult:
     def summary(self) -> dict[str, Any]:
         """Everything as plain JSON values: ``{metric}_by_classes`` (mean over seeds at each
         class count), ``ci95`` (its 95% CI half-width), ``forgetting``, ``bwt`` and
-        ``average`` (ACC) as ``{"mean", "ci95"}``, the mean accuracy matrix, per-seed values."""
+        ``average`` (ACC) as ``{"mean", "ci95"}``, the mean accuracy matrix, per-seed values;
+        for class-incremental classification also ``within_group``: the same three of the
+        within-group accuracy (:class:`SeedResult`), which only drops when the learner loses
+        what it knew, not when new classes compete with old ones."""
         curves = self.curves()
         by_classes, ci95 = {}, {}
         for i, n in enumerate(self.boundaries):
@@ -234,6 +249,14 @@ class StreamResult:
         bwt = [backward_transfer(R) for R in matrices]
         average = [average_accuracy(R) for R in matrices]
         mean_matrix = torch.stack(matrices).mean(0)
+        extra = {}
+        if self.results[0].within_group is not None and not self.task_aware:
+            within = self.matrices(within_group=True)
+            extra["within_group"] = {
+                "forgetting": _summary([forgetting(R) for R in within]),
+                "bwt": _summary([backward_transfer(R) for R in within]),
+                "average": _summary([average_accuracy(R) for R in within]),
+            }
         return {
             "protocol": self.protocol,
             "learner": self.learner,
@@ -245,6 +268,7 @@ class StreamResult:
             "forgetting": _summary(forget),
             "bwt": _summary(bwt),
             "average": _summary(average),
+            **extra,
             "accuracy_matrix": [[_json_number(v) for v in row] for row in mean_matrix.tolist()],
             "seconds_per_seed": _json_number(
                 sum(r.seconds for r in self.results) / len(self.results)
@@ -273,11 +297,7 @@ class StreamResult:
                 return f"{100 * mean:.2f}%" + ("" if ci is None else f" ± {100 * ci:.2f}%")
             return f"{mean:.4g}" + ("" if ci is None else f" ± {ci:.2g}")
 
-        name = (
-            "classes"
-            if self.metric == "accuracy" and self.protocol != "task-sequence"
-            else ("functions" if self.metric == "mse" else "classes")
-        )
+        name = "functions" if self.metric == "mse" else "classes"
         lines = [
             f"{self.protocol}, learner {self.learner}, {s['seeds']} seeds "
             f"(mean ± 95% CI over seeds)",
@@ -291,6 +311,12 @@ class StreamResult:
             f"forgetting {fmt(s['forgetting'])}   BWT {fmt(s['bwt'])}   "
             f"ACC {fmt(s['average'])}   ({s['seconds_per_seed']:.1f} s per seed)"
         )
+        if "within_group" in s:
+            w = s["within_group"]
+            lines.append(
+                f"within groups: forgetting {fmt(w['forgetting'])}   BWT {fmt(w['bwt'])}   "
+                f"ACC {fmt(w['average'])}"
+            )
         return "\n".join(lines)
 
 
@@ -429,4 +455,5 @@ def run_protocol(
             "split": split,
             **asdict(settings),
         },
+        task_aware=protocol == "task-sequence",
     )
