@@ -1,4 +1,4 @@
-"""The ``lifelong`` command line: train, evaluate, predict, datasets, download, demo.
+"""The ``lifelong`` command line: train, evaluate, predict, datasets, download, demo, stream.
 
 Every command turns bad input (an unknown option value, settings that do not fit together or
 do not fit the data, a missing run folder, an unreadable image...) into one line on stderr and
@@ -8,7 +8,8 @@ with 2.
 Example:
     $ lifelong train --algorithm protonet --dataset strokes --ways 5 --shots 1 --out runs/p
     $ lifelong evaluate runs/p --episodes 1000 --json
-    $ lifelong predict runs/p --support my_support/ --query q1.png --query q2.png
+    $ lifelong predict runs/p --support my_support/ --query q1.png q2.png
+    $ lifelong stream runs/p --protocol task-sequence --json    # lifelong learning
 """
 
 from __future__ import annotations
@@ -284,21 +285,34 @@ def predict(
     run_dir: Annotated[
         Path, typer.Argument(metavar="RUN_DIR", help="A run folder made by `lifelong train`.")
     ],
-    support: Annotated[Path, typer.Option(help="Folder with one sub-folder of images per class.")],
-    query: Annotated[list[Path], typer.Option(help="Image file or folder; repeat for more.")],
+    more: Annotated[
+        list[Path] | None, typer.Argument(metavar="[QUERY]...", help="More query images.")
+    ] = None,
+    support: Annotated[
+        Path | None, typer.Option(help="Folder with one sub-folder of images per class.")
+    ] = None,
+    query: Annotated[
+        list[Path] | None, typer.Option(help="Query image file or folder (repeatable).")
+    ] = None,
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Learn new classes from a few images (--support), then classify --query images."""
+    """Learn new classes from a few images (--support), then classify --query images.
+
+    Query images are files or folders of images, given with --query or after the options:
+    `lifelong predict RUN --support DIR --query a.png b.png more/`.
+    """
     from lifelong.api import image_files, image_folder, load
 
+    if support is None or not (query or more):
+        raise fail("predict needs --support DIR and at least one --query image or folder")
     learner = load(run_dir, checkpoint, device)
     if learner.facts.regression:
         raise fail(f"{str(run_dir)!r} is a regression run; predict classifies images")
     paths, labels = image_folder(support)
     queries: list[Path] = []
-    for item in query:
+    for item in [*(query or []), *(more or [])]:
         if item.is_dir():
             found = image_files(item)
             if not found:

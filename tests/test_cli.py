@@ -106,8 +106,7 @@ def test_predict_classifies_query_images(run_dir, strokes_test, tmp_path, capsys
         write_pngs(tmp_path / "support" / f"class{k}", strokes_test[k][:1])
     queries = [write_pngs(tmp_path / f"query{k}", strokes_test[k][1:3]) for k in range(3)]
     args = ["predict", run_dir, "--support", tmp_path / "support"]
-    code, out, _ = cli(capsys, *args, "--query", queries[0][0], "--query", tmp_path / "query1",
-                       "--json")  # fmt: skip
+    code, out, _ = cli(capsys, *args, "--json", "--query", queries[0][0], tmp_path / "query1")
     result = json.loads(out)
     assert code == 0 and result["classes"] == ["class0", "class1", "class2"]
     assert [p["path"] for p in result["predictions"]] == [str(queries[0][0])] + [
@@ -157,6 +156,7 @@ def bad_inputs(run_dir, tmp_path, strokes_test):
          "cannot decode image"),
         (["predict", run_dir, "--support", tmp_path / "ok", "--query", tmp_path / "nothing.png"],
          1, "does not exist"),
+        (["predict", run_dir, "--support", tmp_path / "ok"], 1, "needs --support DIR and at least"),
         (["download", "strokes"], 1, "strokes cannot be downloaded"),
     ]  # fmt: skip
 
