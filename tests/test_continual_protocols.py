@@ -207,3 +207,28 @@ def test_stream_command_errors(proto_run, args, message):
     out = cli(str(proto_run), *args)
     assert out.exit_code != 0
     assert message in str(out.exception)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_learners_on_cuda():
+    """Every learner runs a stream on the GPU; prototype memory gives the CPU's accuracies."""
+    from lifelong.algorithms.oml import OML
+    from lifelong.data.episodes import EpisodeSampler
+    from lifelong.models.mlp import MLP
+
+    torch.manual_seed(0)
+    oml = OML(MLP(16, (32,), None), num_classes=30, channels_last=False).eval()
+    stream = ClassStream(clusters(10), 10, 2, 15, 5, seed=0)
+    cpu = run_stream(make_learner("prototypes", oml, 10), stream)
+    gpu_oml = oml.to("cuda")
+    for name in ("prototypes", "oml", "finetune", "replay"):
+        learner = make_learner(name, gpu_oml, 10, settings=LearnerSettings(lr=0.2, buffer=20))
+        result = run_stream(learner, stream, device="cuda")
+        assert result.per_class.shape == (5, 10) and not torch.isnan(result.per_class[-1]).any()
+        if name == "prototypes":
+            assert torch.allclose(result.per_class, cpu.per_class, equal_nan=True)
+    # an OML meta-training step on the GPU, too
+    episodes = EpisodeSampler(clusters(30), 3, 5, 5, seed=0).sample(4).to("cuda")
+    gpu_oml.train().meta_loss(episodes).loss.backward()
+    assert all(p.grad is not None and p.grad.is_cuda for p in gpu_oml.parameters())

@@ -15,8 +15,8 @@ The published protocols, by name (:data:`PROTOCOLS`), run on a trained run folde
     split, 659 characters, no rotations) one after another, 15 training images per class each
     seen once (600 classes: 9,000 online steps), and test on the class's other 5 images;
     accuracy on all classes seen after 10, 50, 100, 200, 400 and 600 classes. Published at 600
-    classes: OML 18.2% (44.2% updating only the last layer... see the ANML paper), ANML 63.8%,
-    an i.i.d.-trained oracle 71%.
+    classes (as reported by Beaulieu et al. 2020): OML 18.2% (44.2% when only its last layer
+    learns), ANML 63.8%, an i.i.d.-trained oracle 71%.
 ``task-sequence``
     successive 5-way 5-shot tasks with disjoint classes of the run's test split (15 test
     images per class), evaluated task-aware after every task: the accuracy matrix, backward
