@@ -8,6 +8,8 @@ filters): forward, backward and an Adam step, on one episode of random images. V
 - ``library``: :meth:`lifelong.algorithms.protonet.ProtoNet.meta_loss` (NHWC input, one-hot
   class means, matrix-product distances);
 - ``library_nchw``: the same with ``channels_last=False``;
+- ``library_inplace``: the library step with Conv-4's ReLUs made in-place (a change that
+  ``lifelong/models/conv4.py`` could adopt: one 120 MB activation less to allocate per step);
 - ``library_bf16``: ``ProtoNet(..., precision="bfloat16")``: the encoder under
   ``torch.autocast`` in bfloat16 (AMX / AVX-512-BF16 CPUs); prototypes and distances float32.
 
@@ -20,7 +22,7 @@ in turns (one step of each per round) so that a change in the machine's load hit
 them alike; the median over rounds after warm-up is reported, with the load average.
 
 Usage:
-    python benchmarks/protonet_speed.py [--rounds 7] [--warmup 2] [--threads N]
+    python benchmarks/protonet_speed.py [--rounds 7] [--warmup 2] [--threads 2 1]
                                         [--allocators default no-mmap thp]
 
 Writes ``benchmarks/results/protonet_speed.json``.
@@ -29,6 +31,7 @@ Writes ``benchmarks/results/protonet_speed.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import ctypes.util
 import json
@@ -43,7 +46,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 WAYS, SHOTS, QUERIES = 60, 5, 5
-VARIANTS = ("naive", "library", "library_nchw", "library_bf16")
+VARIANTS = ("naive", "library", "library_nchw", "library_inplace", "library_bf16")
 ALLOCATORS = ("default", "no-mmap", "thp")
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc <malloc.h>
 
@@ -54,6 +57,15 @@ def keep_freed_memory() -> None:
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     if libc.mallopt(M_MMAP_MAX, 0) != 1 or libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) != 1:
         raise RuntimeError("mallopt failed (not glibc?)")
+
+
+def cpu_model() -> str:
+    """The processor's model name (Linux), else the machine type."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def make_step(variant: str) -> Callable[[], None]:
@@ -79,6 +91,10 @@ def make_step(variant: str) -> Callable[[], None]:
     ).to("cpu")
     torch.manual_seed(0)
     encoder = Conv4(1, 28, out_features=None, hidden=64)
+    if variant == "library_inplace":
+        for module in encoder.modules():
+            if isinstance(module, torch.nn.ReLU):
+                module.inplace = True
     optimizer = torch.optim.Adam(encoder.parameters(), lr=1e-3)
 
     if variant == "naive":
@@ -133,8 +149,8 @@ def child(args: argparse.Namespace) -> None:
         keep_freed_memory()
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads[0]:
+        torch.set_num_threads(args.threads[0])
     load_before = os.getloadavg()
     results = measure(args.variants, args.rounds, args.warmup)
     print(
@@ -153,7 +169,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=7, help="timed steps of each variant")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument(
+        "--threads", type=int, nargs="+", default=[0], help="torch threads (0: torch's default)"
+    )
     parser.add_argument("--allocators", nargs="+", choices=ALLOCATORS, default=list(ALLOCATORS))
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--allocator", choices=ALLOCATORS, help=argparse.SUPPRESS)
@@ -163,22 +181,25 @@ def main() -> None:
         child(args)
         return
 
-    results = {}
+    results: dict[str, dict] = {}
     for allocator in args.allocators:
-        command = [sys.executable, __file__, "--allocator", allocator]
-        command += ["--rounds", str(args.rounds), "--warmup", str(args.warmup)]
-        command += ["--threads", str(args.threads), "--variants", *args.variants]
-        env = dict(os.environ)
-        env.pop("THP_MEM_ALLOC_ENABLE", None)
-        if allocator == "thp":
-            env["THP_MEM_ALLOC_ENABLE"] = "1"
-        output = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
-        results[allocator] = json.loads(output.stdout.strip().splitlines()[-1])
-        for variant, r in results[allocator]["variants"].items():
-            print(
-                f"{allocator:8s} {variant:13s} median {r['median_s']:.3f} s  min "
-                f"{r['min_s']:.3f} s  (load {results[allocator]['load_before'][0]:.2f})"
-            )
+        for threads in args.threads:
+            command = [sys.executable, __file__, "--allocator", allocator]
+            command += ["--rounds", str(args.rounds), "--warmup", str(args.warmup)]
+            command += ["--threads", str(threads), "--variants", *args.variants]
+            env = dict(os.environ)
+            env.pop("THP_MEM_ALLOC_ENABLE", None)
+            if allocator == "thp":
+                env["THP_MEM_ALLOC_ENABLE"] = "1"
+            output = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+            run = json.loads(output.stdout.strip().splitlines()[-1])
+            results.setdefault(allocator, {})[f"threads={run['threads']}"] = run
+            for variant, r in run["variants"].items():
+                load = run["load_before"][0]
+                print(
+                    f"{allocator:8s} {run['threads']} threads {variant:13s} median "
+                    f"{r['median_s']:.3f} s  min {r['min_s']:.3f} s  (load {load:.2f})"
+                )
 
     import torch
 
@@ -187,7 +208,7 @@ def main() -> None:
         "28x28x1, forward + backward + Adam; seconds per step, median over rounds",
         "rounds": args.rounds,
         "warmup": args.warmup,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "load_note": "1/5/15-minute load averages (as uptime shows) before and after each "
