@@ -142,6 +142,32 @@ def proto_run(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def sine_run(tmp_path_factory):
+    from lifelong.config import RunConfig
+    from lifelong.train import train
+
+    out = tmp_path_factory.mktemp("runs") / "sine"
+    cfg = RunConfig(
+        algorithm="oml",
+        dataset="sinusoid",
+        backbone="mlp",
+        hidden=(16, 16, 16),
+        shots=20,
+        inner_steps=4,
+        queries=10,
+        meta_batch=4,
+        iterations=3,
+        val_every=3,
+        val_episodes=4,
+        checkpoint_every=3,
+        device="cpu",
+        out=str(out),
+    )
+    train(cfg, progress=False)
+    return out
+
+
 def cli(*args: str):
     app = typer.Typer()
     app.command()(stream_command)
@@ -232,3 +258,36 @@ def test_learners_on_cuda():
     episodes = EpisodeSampler(clusters(30), 3, 5, 5, seed=0).sample(4).to("cuda")
     gpu_oml.train().meta_loss(episodes).loss.backward()
     assert all(p.grad is not None and p.grad.is_cuda for p in gpu_oml.parameters())
+
+
+def test_incremental_sine_on_an_oml_run(sine_run):
+    out = cli(
+        str(sine_run),
+        "--protocol",
+        "incremental-sine",
+        "--classes",
+        "4",
+        "--seeds",
+        "2",
+        "--learner",
+        "finetune",
+        "--json",
+    )
+    assert out.exit_code == 0, out.output
+    s = json.loads(out.output)
+    assert s["metric"] == "mse" and list(s["mse_by_classes"]) == ["1", "2", "3", "4"]
+    assert all(v > 0 for v in s["mse_by_classes"].values())
+    assert s["settings"]["lr"] == 0.03  # the run's inner rate (build_oml's default)
+    assert s["settings"]["batch_size"] == 5  # its online batch: 20 shots in 4 inner steps
+    out = cli(
+        str(sine_run), "--protocol", "incremental-sine", "--learner", "prototypes", "--classes", "4"
+    )
+    assert "prototype memory classifies by class means, but this is a regression run" in str(
+        out.exception
+    )
+    out = cli(str(sine_run), "--protocol", "incremental-sine", "--classes", "10")
+    assert "learns 4 functions (its input width), so the stream cannot have 10" in str(
+        out.exception
+    )
+    out = cli(str(sine_run), "--protocol", "continual-omniglot")
+    assert "continual-omniglot needs an image classification run" in str(out.exception)

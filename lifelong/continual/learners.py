@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import Tensor, nn
 
@@ -121,6 +121,18 @@ def network_of(algorithm: Algorithm, num_classes: int) -> tuple[nn.Module, nn.Mo
     return body, zero_linear(dim, num_classes)
 
 
+def resolve_settings(algorithm: Algorithm, settings: LearnerSettings) -> LearnerSettings:
+    """``settings`` with the defaults that depend on the run filled in: the learning rate
+    (an OML run's inner rate, else 0.01) and the batch size (an OML run's online batch,
+    else 1)."""
+    is_oml = isinstance(getattr(algorithm, "prediction", None), nn.Module)
+    lr = settings.lr
+    if lr is None:
+        lr = float(algorithm.inner_lr) if is_oml else 0.01
+    batch_size = settings.batch_size or (getattr(algorithm, "online_batch", 1) if is_oml else 1)
+    return replace(settings, lr=lr, batch_size=batch_size)
+
+
 def make_learner(
     name: str,
     algorithm: Algorithm,
@@ -135,7 +147,7 @@ def make_learner(
         ValueError: an unknown learner, a learner that does not fit the run (prototype memory
             on a regression run), or a replay buffer of size 0.
     """
-    settings = settings or LearnerSettings()
+    settings = resolve_settings(algorithm, settings or LearnerSettings())
     if name not in LEARNERS:
         raise ValueError(f"unknown learner {name!r}; choose one of {', '.join(LEARNERS)}")
     if name == "prototypes":
@@ -159,21 +171,16 @@ def make_learner(
                 f"{settings.buffer}"
             )
         buffer = ReservoirBuffer(settings.buffer, seed=seed)
-    is_oml = isinstance(getattr(algorithm, "prediction", None), nn.Module)
-    lr = settings.lr
-    if lr is None:
-        lr = float(algorithm.inner_lr) if is_oml else 0.01
-    batch_size = settings.batch_size or (getattr(algorithm, "online_batch", 1) if is_oml else 1)
     body, head = network_of(algorithm, num_classes)
     return OnlineSGD(
         body,
         head,
-        lr,
+        settings.lr,
         num_classes,
         train_body=name != "oml",
         buffer=buffer,
         replay_batch=settings.replay_batch,
-        batch_size=batch_size,
+        batch_size=settings.batch_size,
         optimizer=settings.optimizer,
         regression=algorithm.regression,
     )

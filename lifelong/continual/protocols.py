@@ -44,7 +44,12 @@ import torch
 from torch import Tensor
 
 from lifelong.continual.learner import ContinualLearner
-from lifelong.continual.learners import LEARNERS, LearnerSettings, make_learner
+from lifelong.continual.learners import (
+    LEARNERS,
+    LearnerSettings,
+    make_learner,
+    resolve_settings,
+)
 from lifelong.continual.metrics import (
     accuracy_matrix,
     average_accuracy,
@@ -453,7 +458,8 @@ def run_protocol(
             "algorithm": trained.config.algorithm,
             "classes": classes,
             "split": split,
-            **asdict(settings),
+            # the SGD learners' settings, with the run's defaults filled in
+            **({} if learner == "prototypes" else asdict(resolve_settings(algorithm, settings))),
         },
         task_aware=protocol == "task-sequence",
     )
