@@ -41,7 +41,8 @@ class ContinualLearner(ABC):
             raise ValueError(
                 f"labels must lie in 0..{self.num_classes - 1}, got {int(y.min())}..{int(y.max())}"
             )
-        self.seen[y.cpu()] = True
+        self.seen = self.seen.to(y.device)  # kept where the data is: no copy per prediction
+        self.seen[y] = True
 
     def mask_unseen(self, logits: Tensor) -> Tensor:
         """``logits [n, num_classes]`` with the classes not seen yet at ``-inf``."""
