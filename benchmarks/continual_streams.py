@@ -27,8 +27,9 @@ Usage:
     python benchmarks/continual_streams.py --protocol incremental-sine \\
         --entry oml@runs/sine-oml --entry finetune@runs/sine-oml --seeds 20
 
-Writes ``benchmarks/results/continual_{protocol}.json`` and ``.png`` (``--out`` changes the
-stem).
+Writes ``benchmarks/results/continual_{protocol}.json`` (after every entry) and ``.png``
+(``--out`` changes the stem); ``--merge REPORT.json`` takes the entries of an earlier report
+into this one, so that slow entries need not be measured again.
 """
 
 from __future__ import annotations
@@ -83,7 +84,10 @@ def select_lr(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--protocol", default="continual-omniglot", choices=list(PROTOCOLS))
-    parser.add_argument("--entry", action="append", required=True, help="LEARNER@RUN_DIR")
+    parser.add_argument("--entry", action="append", default=[], help="LEARNER@RUN_DIR")
+    parser.add_argument(
+        "--merge", action="append", default=[], help="a JSON report of this script to include"
+    )
     parser.add_argument("--data-root", default=None, help="folder with the Omniglot zips")
     parser.add_argument("--classes", type=int, default=None, help="default: the protocol's")
     parser.add_argument("--seeds", type=int, default=10)
@@ -97,9 +101,31 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="default: results/continual_{protocol}")
     args = parser.parse_args()
     args.out = args.out or str(HERE / "results" / f"continual_{args.protocol.replace('-', '_')}")
+    if not args.entry and not args.merge:
+        parser.error("nothing to do: give --entry LEARNER@RUN_DIR (or --merge REPORT.json)")
     torch.set_num_threads(args.threads)
 
-    entries, results = [], []
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for path in args.merge:  # entries measured by earlier runs of this script
+        earlier = json.loads(Path(path).read_text())
+        if earlier["benchmark"] != args.protocol:
+            parser.error(f"{path} holds {earlier['benchmark']} results, not {args.protocol}")
+        entries += [{**e, "from": path} for e in earlier["entries"]]
+    report = {
+        "benchmark": args.protocol,
+        "command": " ".join(["python", *sys.argv]),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "device": args.device,
+        },
+        "entries": entries,
+    }
+
     for spec in args.entry:
         learner, sep, run = spec.partition("@")
         if not sep:
@@ -122,32 +148,17 @@ def main() -> None:
         )
         result.learner = f"{learner}@{Path(run).name}"
         print(result.table(), flush=True)
-        results.append(result)
         entries.append(
             {
                 "entry": spec,
-                "lr_search_val_accuracy": search,
+                "lr_search_validation": search,
                 "seconds": round(time.perf_counter() - started, 1),
                 "summary": result.summary(),
             }
         )
-
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    report = {
-        "benchmark": args.protocol,
-        "command": " ".join(["python", *sys.argv]),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "device": args.device,
-        },
-        "entries": entries,
-    }
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    plot_results(results, out.with_suffix(".png"))
+        # written after every entry, so that a long benchmark keeps what it measured
+        out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    plot_results([e["summary"] for e in entries], out.with_suffix(".png"))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
 
 

@@ -87,7 +87,8 @@ def test_summary_and_table():
 
 
 def test_plot(tmp_path):
-    path = plot_results([toy_result("prototypes"), toy_result("finetune")], tmp_path / "p.png")
+    results = [toy_result("prototypes").summary(), toy_result("finetune").summary()]
+    path = plot_results(json.loads(json.dumps(results)), tmp_path / "p.png")  # from JSON
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="nothing to plot"):
         plot_results([], tmp_path / "q.png")

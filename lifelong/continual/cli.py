@@ -75,6 +75,6 @@ def stream_command(
     if plot is not None:
         from lifelong.continual.plots import plot_results
 
-        plot_results([result], plot)
+        plot_results([result.summary()], plot)
     summary = result.summary()
     typer.echo(json.dumps(summary) if as_json else result.table())
