@@ -1,0 +1,196 @@
+"""MAML speed: seconds per meta-iteration, fast path vs the plain per-task loop.
+
+The setting of Finn et al. 2017 on Omniglot: 5-way 1-shot, 15 queries per class, meta-batch
+32, Conv-4 with 64 filters on 28x28x1 images, one inner step (lr 0.4); a meta-iteration is
+``meta_loss`` + ``backward`` (no optimiser step), on a fixed batch of random images. Variants,
+each second order (true meta-gradient) and first order (FOMAML):
+
+- ``loop``: ``MAML(model, fast=False)``: the reference, one task after the other through
+  ``functional_call`` on the model, intra-op threads (what learn2learn-style code does);
+- ``fast``: ``MAML(model)``, the library default: :class:`~lifelong.algorithms.functional.
+  TaskForward` (channels_last, first convolution as a matrix product, pooling before ReLU,
+  cheap batch-norm double backward) with the tasks shared out to one thread per core;
+- ``fast_1worker``: the same forward in the calling thread, intra-op threads (``workers=1``).
+
+Variants are timed in turns (one meta-iteration of each per round) so that a change in the
+machine's load hits all alike; wall and CPU seconds, median over rounds after warm-up, with
+the load averages. Peak memory: each variant runs two meta-iterations in its own process,
+which reports the growth of its peak resident set size (``ru_maxrss``) over the set-up. The
+meta-gradients of ``fast`` and ``loop`` are compared (max abs difference / gradient norm).
+
+Usage:
+    python benchmarks/maml_speed.py [--rounds 3] [--warmup 1] [--threads 2]
+
+Writes ``benchmarks/results/maml_speed.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from lifelong.algorithms.maml import MAML
+from lifelong.data.episodes import EpisodeBatch
+from lifelong.models.conv4 import Conv4
+
+HERE = Path(__file__).resolve().parent
+WAYS, SHOTS, QUERIES, META_BATCH = 5, 1, 15, 32
+VARIANTS = {
+    "loop": {"fast": False},
+    "fast": {},
+    "fast_1worker": {"workers": 1},
+}
+
+
+def cpu_model() -> str:
+    """The processor's model name (Linux), else the machine type."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.machine()
+
+
+def setting() -> tuple[Conv4, EpisodeBatch]:
+    """The model and a fixed batch of random episodes (float images in [0, 1])."""
+    g = torch.Generator().manual_seed(0)
+
+    def part(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (META_BATCH, WAYS * per_class, 1, 28, 28)
+        images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)
+        labels = torch.arange(WAYS).repeat_interleave(per_class).expand(META_BATCH, -1)
+        return images, labels.contiguous()
+
+    batch = EpisodeBatch(*part(SHOTS), *part(QUERIES), WAYS, SHOTS).to("cpu")
+    torch.manual_seed(0)
+    return Conv4(1, 28, out_features=WAYS, hidden=64, track_running_stats=False), batch
+
+
+def make_step(variant: str, first_order: bool) -> tuple[MAML, Callable[[], None]]:
+    model, batch = setting()
+    maml = MAML(model, inner_lr=0.4, inner_steps=1, first_order=first_order, **VARIANTS[variant])
+
+    def step() -> None:
+        maml.zero_grad(set_to_none=True)
+        maml.meta_loss(batch).loss.backward()
+
+    return maml, step
+
+
+def agreement(first_order: bool) -> float:
+    """max |grad_fast - grad_loop| / ||grad_loop|| of one meta-iteration."""
+    grads = []
+    for variant in ("loop", "fast"):
+        maml, step = make_step(variant, first_order)
+        step()
+        grads.append(torch.cat([p.grad.flatten() for p in maml.parameters()]))
+    return float((grads[0] - grads[1]).abs().max() / grads[0].norm())
+
+
+def timings(names: list[str], rounds: int, warmup: int) -> dict:
+    """Wall and CPU seconds per meta-iteration of each variant, timed in turns."""
+    steps = {n: make_step(n.rsplit("_", 1)[0], n.endswith("_1st"))[1] for n in names}
+    wall: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(warmup + rounds):
+        for n in names:
+            start, start_cpu = time.perf_counter(), time.process_time()
+            steps[n]()
+            wall[n].append(time.perf_counter() - start)
+            cpu[n].append(time.process_time() - start_cpu)
+    return {
+        n: {
+            "median_s": round(statistics.median(wall[n][warmup:]), 3),
+            "min_s": round(min(wall[n][warmup:]), 3),
+            "cpu_median_s": round(statistics.median(cpu[n][warmup:]), 3),
+            "times_s": [round(t, 3) for t in wall[n][warmup:]],
+        }
+        for n in names
+    }
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process in MiB: ``VmHWM`` (Linux; unlike ``ru_maxrss``
+    it does not carry over the parent's peak through fork and exec), else ``ru_maxrss``."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_memory(name: str) -> None:
+    """Child process: print the growth of the peak RSS over the set-up, in MiB."""
+    _, step = make_step(name.rsplit("_", 1)[0], name.endswith("_1st"))
+    before = peak_rss_mib()
+    for _ in range(2):
+        step()
+    print(json.dumps({"peak_growth_mib": round(peak_rss_mib() - before, 1)}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3, help="timed iterations of each variant")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed iterations first")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--memory-of", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "maml_speed.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.memory_of:
+        peak_memory(args.memory_of)
+        return
+
+    names = [f"{v}_{order}" for order in ("2nd", "1st") for v in VARIANTS]
+    load_before = os.getloadavg()
+    results = timings(names, args.rounds, args.warmup)
+    load_after = os.getloadavg()
+    for n in names:
+        command = [sys.executable, __file__, "--memory-of", n, "--threads", str(args.threads)]
+        out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        results[n].update(json.loads(out.strip().splitlines()[-1]))
+    for n in names:
+        r = results[n]
+        print(
+            f"{n:18s} median {r['median_s']:7.3f} s  cpu {r['cpu_median_s']:7.3f} s  "
+            f"peak +{r['peak_growth_mib']:.0f} MiB"
+        )
+    report = {
+        "benchmark": (
+            "MAML meta-iteration (meta_loss + backward), Omniglot 5-way 1-shot 15-query, "
+            "meta-batch 32, Conv-4 (64), 28x28x1, 1 inner step; seconds, median over rounds"
+        ),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "rounds": args.rounds,
+        "warmup": args.warmup,
+        "load_before": [round(x, 2) for x in load_before],
+        "load_after": [round(x, 2) for x in load_after],
+        "load_note": "1/5/15-minute load averages; the 2 cores are shared with other users",
+        "grad_agreement_max_abs_over_norm": {
+            "2nd": agreement(first_order=False),
+            "1st": agreement(first_order=True),
+        },
+        "variants": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    speedup = results["loop_2nd"]["median_s"] / results["fast_2nd"]["median_s"]
+    print(f"second order: fast is {speedup:.2f}x the loop; wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,395 @@
+"""The inner loop of gradient-based meta-learning, shared by the MAML family and Reptile.
+
+:func:`inner_loop` takes gradient steps on a support set from given parameters (Finn et al.
+2017, "Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks", eq. 1):
+
+    theta_{k+1} = theta_k - alpha_k * grad_theta L_support(theta_k)
+
+with parameters as a dict of tensors and a functional forward
+(:mod:`lifelong.algorithms.functional`), keeping the graph of the steps (``create_graph``) for
+second-order meta-gradients. :class:`InnerLoopLearner` is the base of
+:class:`~lifelong.algorithms.maml.MAML` and :class:`~lifelong.algorithms.reptile.Reptile`: it
+holds the model, picks the forward (the fast :class:`~lifelong.algorithms.functional.TaskForward`
+for Conv-4 and MLP, the reference one task at a time for other models or with ``fast=False``)
+and implements :meth:`~InnerLoopLearner.adapt` and :meth:`~InnerLoopLearner.evaluate`.
+
+Batch norm uses each task's own batch statistics (``track_running_stats=False``, as in the MAML
+paper): the support set is normalised with its own statistics, and so is the query set, so
+predictions are *transductive* (a query's output depends on the other queries of its batch).
+
+On the CPU the tasks of a batch are shared out to ``workers`` threads (by default as many as
+``torch.get_num_threads()``), each running one intra-op thread: the tasks are independent, so
+the threads never wait for each other, where intra-op parallelism synchronises the cores at
+every one of the thousands of small operations of an inner loop (and stalls when other
+processes share the cores). Each thread differentiates its tasks' meta-loss itself;
+:meth:`InnerLoopLearner.meta_loss` then returns ``value + sum(p * g) - sum(p * g).detach()``,
+which has the exact value and meta-gradient ``g`` for ``loss.backward()`` (only its own second
+derivatives are lost).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from itertools import pairwise
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lifelong.algorithms.base import Algorithm, MetaLoss, Predictor
+from lifelong.algorithms.functional import Forward, ModuleForward, Params, TaskForward
+from lifelong.data.episodes import EpisodeBatch
+
+LearningRate = Callable[[str, int], "float | Tensor"]
+"""``lr(name, step)``: the inner learning rate of parameter ``name`` at step ``step``."""
+
+
+def inner_loop(
+    forward: Forward,
+    params: Params,
+    names: Sequence[str],
+    x: Tensor,
+    y: Tensor,
+    loss: Callable[[Tensor, Tensor], Tensor],
+    steps: int,
+    lr: LearningRate,
+    create_graph: bool,
+) -> list[Params]:
+    """``steps`` gradient steps on the parameters ``names`` (the others stay fixed).
+
+    Args:
+        forward: ``forward(params, x)`` -> outputs.
+        params: the start, ``theta_0`` (tensors that require grad where ``names`` says).
+        names: the parameters to adapt (all for MAML, the head's for ANIL).
+        x, y: the support set (one task, or ``G`` tasks with a leading task dim).
+        loss: ``loss(outputs, y)`` -> the loss of each task (summed: each task's parameters
+            get the gradient of their own task's loss).
+        steps: number of steps.
+        lr: the learning rate of each parameter and step (a float, or a learned tensor).
+        create_graph: keep the graph of the gradients (second-order meta-gradients); without it
+            the steps' gradients are constants (first order).
+
+    Returns:
+        ``[theta_0, theta_1, ..., theta_steps]``.
+
+    Example:
+        >>> params = dict(model.named_parameters())
+        >>> trajectory = inner_loop(ModuleForward(model), params, list(params), x, y,
+        ...                         F.cross_entropy, steps=1, lr=lambda n, k: 0.4,
+        ...                         create_graph=True)
+        >>> F.cross_entropy(model_forward(trajectory[-1], query_x), query_y).backward()
+    """
+    trajectory = [params]
+    for step in range(steps):
+        value = loss(forward(params, x), y).sum()
+        grads = torch.autograd.grad(value, [params[n] for n in names], create_graph=create_graph)
+        updated = {n: params[n] - lr(n, step) * g for n, g in zip(names, grads, strict=True)}
+        params = {**params, **updated}
+        trajectory.append(params)
+    return trajectory
+
+
+@dataclass
+class Adaptation:
+    """The inner loop's result on a support set: ``trajectory`` ``[theta_0..theta_S]``;
+    ``outputs(x, step)`` are the model's outputs on ``x`` with ``theta_step`` (for ANIL the
+    body's features are computed once, by ``features``, and only the head is re-run)."""
+
+    trajectory: list[Params]
+    predict: Forward
+    features: Callable[[Tensor], Tensor]
+
+    def outputs(self, x: Tensor, step: int = -1) -> Tensor:
+        return self.predict(self.trajectory[step], self.features(x))
+
+
+class InnerLoopLearner(Algorithm):
+    """Base of the algorithms that adapt a model's parameters by gradient steps on the support
+    set (MAML family, Reptile); see the module doc.
+
+    Args:
+        model: the network, ending in a head with at least ``ways`` outputs (classification) or
+            the regression output. Batch norm layers must have ``track_running_stats=False``.
+        inner_lr: inner learning rate alpha.
+        inner_steps: inner steps while meta-training.
+        eval_inner_steps: inner steps in :meth:`adapt` and :meth:`evaluate` (default:
+            ``inner_steps``).
+        adapt: ``"all"`` parameters, or only those of ``model.head`` (ANIL).
+        regression: MSE loss and metric instead of cross-entropy and accuracy.
+        fast: use :class:`~lifelong.algorithms.functional.TaskForward` when the model is a
+            Conv-4 or MLP (same results, faster); ``False`` runs the reference path: one task at
+            a time through ``functional_call`` on the model.
+        task_chunk: tasks run side by side by the fast path; ``None``: one at a time for
+            convolutional models on the CPU (measured fastest there: the activations stay in
+            cache), all of the batch otherwise.
+        workers: threads that share out the tasks on the CPU on the fast path (module doc);
+            ``None``: ``torch.get_num_threads()``; ``1``: everything in the calling thread.
+
+    Subclasses implement :meth:`serial_meta_loss`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        inner_lr: float,
+        inner_steps: int,
+        eval_inner_steps: int | None = None,
+        adapt: str = "all",
+        regression: bool = False,
+        fast: bool = True,
+        task_chunk: int | None = None,
+        workers: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not inner_lr > 0:
+            raise ValueError(f"inner_lr must be positive, got {inner_lr}")
+        if not isinstance(inner_steps, int) or inner_steps < 1:
+            raise ValueError(f"inner_steps must be a positive integer, got {inner_steps!r}")
+        eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
+        if not isinstance(eval_inner_steps, int) or eval_inner_steps < 0:
+            raise ValueError(
+                f"eval_inner_steps must be a non-negative integer, got {eval_inner_steps!r}"
+            )
+        for what, value in (("task_chunk", task_chunk), ("workers", workers)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{what} must be a positive integer or None, got {value!r}")
+        if adapt not in ("all", "head"):
+            raise ValueError(f"adapt must be 'all' or 'head', got {adapt!r}")
+        for name, module in model.named_modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+                raise ValueError(
+                    f"batch norm {name!r} tracks running statistics, but inner-loop learners "
+                    "normalise each task with its own batch statistics: build the model with "
+                    "track_running_stats=False"
+                )
+        names = [n for n, _ in model.named_parameters() if adapt == "all" or n.startswith("head.")]
+        if not names:
+            raise ValueError(f"adapt={adapt!r} needs a model with a `head` that has parameters")
+        self.model = model
+        self.inner_lr = float(inner_lr)
+        self.inner_steps = inner_steps
+        self.eval_inner_steps = eval_inner_steps
+        self.scope = adapt
+        self.adapted = tuple(names)
+        self.regression = regression
+        self.task_chunk = task_chunk
+        self.workers = workers
+        self.reference = ModuleForward(model)
+        self.fast_forward = TaskForward.of(model) if fast else None
+
+    # ------------------------------------------------------------------ hooks
+    def inner_rate(self, name: str, step: int) -> float | Tensor:
+        """The inner learning rate of parameter ``name`` at ``step`` (learned in Meta-SGD)."""
+        return self.inner_lr
+
+    # ------------------------------------------------------------------ losses and metrics
+    def outputs_for(self, outputs: Tensor, ways: int) -> Tensor:
+        """Regression outputs as they are; logits of the first ``ways`` classes."""
+        if self.regression:
+            return outputs
+        if ways > outputs.shape[-1]:
+            raise ValueError(
+                f"{ways}-way tasks need {ways} outputs, but the model's head has "
+                f"{outputs.shape[-1]}: build it with out_features={ways} (or test with "
+                f"ways <= {outputs.shape[-1]})"
+            )
+        return outputs[..., :ways]
+
+    def task_losses(self, outputs: Tensor, y: Tensor, ways: int) -> Tensor:
+        """Mean loss of each task (a scalar for one task, ``[G]`` for a task group)."""
+        outputs = self.outputs_for(outputs, ways)
+        if self.regression:
+            return F.mse_loss(outputs, y, reduction="none").flatten(y.dim() - 2).mean(-1)
+        flat = F.cross_entropy(outputs.flatten(0, -2), y.flatten(), reduction="none")
+        return flat.view(y.shape).mean(-1)
+
+    def task_metrics(self, outputs: Tensor, y: Tensor, ways: int) -> Tensor:
+        """Accuracy (or MSE) of each task, detached."""
+        if self.regression:
+            return self.task_losses(outputs, y, ways).detach()
+        hits = self.outputs_for(outputs, ways).argmax(-1) == y
+        return hits.to(outputs.dtype).mean(-1)
+
+    # ------------------------------------------------------------------ the inner loop
+    def task_groups(self, batch: EpisodeBatch) -> Iterator[int | slice]:
+        """Index of each task (reference path) or slice of each task group (fast path)."""
+        if self.fast_forward is None:
+            yield from range(len(batch))
+            return
+        chunk = self.task_chunk or self._default_chunk(batch)
+        for start in range(0, len(batch), chunk):
+            yield slice(start, start + chunk)
+
+    def _default_chunk(self, batch: EpisodeBatch) -> int:
+        convolutional = any(layer.kind == "conv" for layer in self.fast_forward.layers)
+        on_cpu = batch.support_x.device.type == "cpu"
+        return 1 if convolutional and on_cpu else len(batch)
+
+    def adaptation(
+        self,
+        support_x: Tensor,
+        support_y: Tensor,
+        ways: int,
+        steps: int,
+        create_graph: bool,
+        detach: bool,
+    ) -> Adaptation:
+        """Run the inner loop from the model's parameters on one task (reference path:
+        ``support_x [n, ...]``) or a task group (fast path: ``[G, n, ...]``).
+
+        ``detach``: start from a copy of the parameters outside the graph (evaluation,
+        Reptile); else the trajectory stays differentiable in the model's parameters."""
+        with torch.enable_grad():
+            params = dict(self.model.named_parameters())
+            if detach:
+                params = {
+                    n: p.detach().requires_grad_(n in self.adapted) for n, p in params.items()
+                }
+            inner: Forward = self.reference
+            predict, features = inner, _identity
+            fast = self.fast_forward
+            if fast is not None and self.scope == "head":  # ANIL: the body's features, once
+                params = {n: p.expand(support_x.shape[0], *p.shape) for n, p in params.items()}
+                inner = predict = fast.head
+                features = partial(fast.embed, params)
+            elif fast is not None:
+                params = {n: p.expand(support_x.shape[0], *p.shape) for n, p in params.items()}
+                inner, predict = partial(fast, twice=create_graph), fast
+            trajectory = inner_loop(
+                inner,
+                params,
+                self.adapted,
+                features(support_x),
+                support_y,
+                partial(self.task_losses, ways=ways),
+                steps,
+                self.inner_rate,
+                create_graph,
+            )
+        return Adaptation(trajectory, predict, features)
+
+    # ------------------------------------------------------------------ meta-testing
+    def adapt(self, support_x: Tensor, support_y: Tensor, ways: int) -> Predictor:
+        """``eval_inner_steps`` steps on one task's support set; the predictor maps query
+        inputs ``[n, ...]`` to outputs with the adapted parameters (no graph kept).
+
+        Example:
+            >>> predict = maml.adapt(episode.support_x, episode.support_y, episode.ways)
+            >>> predict(episode.query_x).argmax(-1)   # predicted labels
+        """
+        fast = self.fast_forward is not None
+        if fast:
+            support_x, support_y = support_x.unsqueeze(0), support_y.unsqueeze(0)
+        adapted = self.adaptation(support_x, support_y, ways, self.eval_inner_steps, False, True)
+        adapted.trajectory = [{n: p.detach() for n, p in adapted.trajectory[-1].items()}]
+
+        def predictor(x: Tensor) -> Tensor:
+            with torch.no_grad():
+                out = adapted.outputs(x.unsqueeze(0) if fast else x)
+            return self.outputs_for(out[0] if fast else out, ways)
+
+        return predictor
+
+    def evaluate(self, batch: EpisodeBatch) -> Tensor:
+        """Per-episode query metric ``[B]`` after ``eval_inner_steps`` steps (task groups at a
+        time on the fast path, shared out to the workers on the CPU)."""
+        return torch.cat(self.in_parallel(self.serial_evaluate, self.shares(batch)))
+
+    def serial_evaluate(self, batch: EpisodeBatch) -> Tensor:
+        results = []
+        for task in self.task_groups(batch):
+            adapted = self.adaptation(
+                batch.support_x[task],
+                batch.support_y[task],
+                batch.ways,
+                self.eval_inner_steps,
+                create_graph=False,
+                detach=True,
+            )
+            with torch.no_grad():
+                out = adapted.outputs(batch.query_x[task])
+                results.append(self.task_metrics(out, batch.query_y[task], batch.ways).reshape(-1))
+        return torch.cat(results)
+
+    # ------------------------------------------------------------------ meta-training
+    def meta_loss(self, batch: EpisodeBatch) -> MetaLoss:
+        """Mean over tasks of :meth:`group_loss`. On the fast path (with grad enabled) each
+        task group is differentiated as soon as its loss is computed, in the workers' threads,
+        and the result is a surrogate with the same value and gradient (module doc)."""
+        if self.fast_forward is None or not torch.is_grad_enabled():
+            sums = [self.group_loss(batch, task) for task in self.task_groups(batch)]
+            return MetaLoss(
+                sum(s[0] for s in sums) / len(batch), sum(s[1] for s in sums) / len(batch)
+            )
+        params = [p for p in self.parameters() if p.requires_grad]
+
+        def differentiate(share: EpisodeBatch) -> tuple[Tensor, Tensor, list[Tensor | None]]:
+            value, metric, grads = 0.0, 0.0, [None] * len(params)
+            for task in self.task_groups(share):
+                loss, hits = self.group_loss(share, task)
+                step = torch.autograd.grad(loss / len(batch), params, allow_unused=True)
+                grads = [_add(a, b) for a, b in zip(grads, step, strict=True)]
+                value, metric = value + loss.detach(), metric + hits
+            return value, metric, grads
+
+        results = self.in_parallel(differentiate, self.shares(batch))
+        value = sum(r[0] for r in results) / len(batch)
+        surrogate = sum(
+            (p * g).sum()
+            for r in results
+            for p, g in zip(params, r[2], strict=True)
+            if g is not None
+        )
+        loss = value + (surrogate - surrogate.detach())
+        return MetaLoss(loss, sum(r[1] for r in results) / len(batch))
+
+    @abstractmethod
+    def group_loss(self, batch: EpisodeBatch, task: int | slice) -> tuple[Tensor, Tensor]:
+        """The sums over the tasks ``task`` of the batch (one task, or a task group: see
+        :meth:`task_groups`) of the differentiable meta-loss and of the detached metric."""
+
+    # ------------------------------------------------------------------ threads
+    def shares(self, batch: EpisodeBatch) -> list[EpisodeBatch]:
+        """The batch split into one contiguous share of tasks per worker: on the CPU, on the
+        fast path (``functional_call`` swaps the module's parameters, so the reference cannot
+        run in two threads at once)."""
+        if batch.support_x.device.type != "cpu" or self.fast_forward is None:
+            return [batch]
+        workers = min(self.workers or torch.get_num_threads(), len(batch))
+        bounds = [len(batch) * i // workers for i in range(workers + 1)]
+        return [batch[a:b] for a, b in pairwise(bounds)]  # type: ignore[misc]
+
+    def in_parallel(
+        self, fn: Callable[[EpisodeBatch], Any], shares: list[EpisodeBatch]
+    ) -> list[Any]:
+        """``[fn(share) for share in shares]``, one thread per share, each with one intra-op
+        thread and the caller's grad mode."""
+        if len(shares) == 1:
+            return [fn(shares[0])]
+        grad_mode = torch.is_grad_enabled()
+
+        def run(share: EpisodeBatch) -> Any:
+            with torch.set_grad_enabled(grad_mode):
+                return fn(share)
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(len(shares)) as pool:
+                return list(pool.map(run, shares))
+        finally:
+            torch.set_num_threads(threads)
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+    """Sum of two gradients, either of which may be ``None`` (unused)."""
+    return a if b is None else b if a is None else a + b

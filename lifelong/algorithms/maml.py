@@ -1,0 +1,164 @@
+"""MAML and its variants as options of one mechanism.
+
+- MAML (Finn et al. 2017, "Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks"):
+  inner steps ``theta'_i = theta - alpha grad L_support_i(theta)`` (eq. 1), outer objective
+  ``sum_i L_query_i(theta'_i)``, with the true second-order meta-gradient (the inner gradients
+  are differentiated, ``torch.autograd.grad(create_graph=True)``).
+- ``first_order=True``: FOMAML (same paper, section 5.2): the inner gradients are constants, so
+  the meta-gradient is the query gradient at the adapted parameters.
+- ``adapt="head"``: ANIL (Raghu et al. 2020, "Rapid Learning or Feature Reuse?"): the inner loop
+  adapts only ``model.head``; the body is meta-learned through the outer loop.
+- ``meta_sgd=True``: Meta-SGD (Li et al. 2017, "Meta-SGD: Learning to Learn Quickly for Few-Shot
+  Learning"): a learned inner rate per parameter entry, ``theta' = theta - alpha o grad``,
+  initialised to ``inner_lr`` and meta-trained with the initialisation.
+- ``per_step_lr`` and ``multi_step_loss``: MAML++ (Antoniou et al. 2019, "How to train your
+  MAML"): a learned rate per step and parameter tensor (LSLR), and the query loss after every
+  inner step, weighted by ``step_weights`` (uniform; the paper anneals them towards the last
+  step during training: assign a new tensor to change them).
+
+Batch norm uses per-task batch statistics (models built with ``track_running_stats=False``),
+as in the MAML paper; this is transductive: a query's prediction depends on the other queries
+of its task. The fast path (:class:`~lifelong.algorithms.functional.TaskForward`, Conv-4 and
+MLP) gives the same losses and meta-gradients as the reference loop over tasks (``fast=False``),
+in about half the time of the loop (``benchmarks/maml_speed.py``).
+
+``MAML_VARIANTS`` maps the algorithm names of the CLI to constructor options.
+
+Example:
+    >>> model = Conv4(1, 28, out_features=5, track_running_stats=False)
+    >>> maml = MAML(model, inner_lr=0.4, inner_steps=1, eval_inner_steps=3)
+    >>> optimizer = torch.optim.Adam(maml.parameters(), lr=1e-3)
+    >>> out = maml.meta_loss(sampler.sample(32).to("cpu"))
+    >>> out.loss.backward(); optimizer.step()
+    >>> maml.evaluate(test_batch)           # per-episode query accuracy [B]
+    >>> anil = MAML(model, **MAML_VARIANTS["anil"])
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from lifelong.algorithms.inner_loop import InnerLoopLearner
+from lifelong.data.episodes import EpisodeBatch
+
+MAML_VARIANTS: dict[str, dict[str, Any]] = {
+    "maml": {},
+    "fomaml": {"first_order": True},
+    "anil": {"adapt": "head"},
+    "metasgd": {"meta_sgd": True},
+}
+"""Algorithm names -> :class:`MAML` options: ``MAML(model, **MAML_VARIANTS[name], **settings)``."""
+
+
+class MAML(InnerLoopLearner):
+    """Model-Agnostic Meta-Learning and its variants (module doc).
+
+    Args:
+        model: the network (see :class:`~lifelong.algorithms.inner_loop.InnerLoopLearner`).
+        inner_lr: inner learning rate alpha (Omniglot: 0.4; sinusoids: 0.01).
+        inner_steps: inner steps while meta-training.
+        eval_inner_steps: inner steps at test time (default ``inner_steps``); with
+            ``per_step_lr`` the steps past the trained ones reuse the last step's rates.
+        first_order: FOMAML.
+        adapt: ``"all"`` (MAML) or ``"head"`` (ANIL).
+        meta_sgd: learned per-parameter inner rates (Meta-SGD).
+        per_step_lr: learned inner rates per step (MAML++ LSLR); with ``meta_sgd`` per step and
+            per parameter entry.
+        multi_step_loss: outer loss summed over the inner steps with ``step_weights``.
+        regression: MSE instead of cross-entropy.
+        fast: see :class:`~lifelong.algorithms.inner_loop.InnerLoopLearner` (``False``: the
+            reference loop over tasks).
+        task_chunk, workers: tasks run side by side on the fast path, and threads sharing
+            out the tasks on the CPU (``None``: the measured defaults).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        inner_lr: float = 0.4,
+        inner_steps: int = 1,
+        eval_inner_steps: int | None = None,
+        first_order: bool = False,
+        adapt: Literal["all", "head"] = "all",
+        meta_sgd: bool = False,
+        per_step_lr: bool = False,
+        multi_step_loss: bool = False,
+        regression: bool = False,
+        fast: bool = True,
+        task_chunk: int | None = None,
+        workers: int | None = None,
+    ) -> None:
+        super().__init__(
+            model,
+            inner_lr,
+            inner_steps,
+            eval_inner_steps,
+            adapt,
+            regression,
+            fast,
+            task_chunk,
+            workers,
+        )
+        self.first_order = first_order
+        self.meta_sgd, self.per_step_lr = meta_sgd, per_step_lr
+        self.multi_step_loss = multi_step_loss
+        self.inner_lrs: nn.ParameterDict | None = None
+        if meta_sgd or per_step_lr:
+            params = dict(model.named_parameters())
+            rows = inner_steps if per_step_lr else 1
+            self.inner_lrs = nn.ParameterDict(
+                {
+                    _key(n): nn.Parameter(
+                        params[n].new_full((rows, *(params[n].shape if meta_sgd else ())), inner_lr)
+                    )
+                    for n in self.adapted
+                }
+            )
+        self.step_weights: Tensor
+        self.register_buffer("step_weights", torch.full((inner_steps,), 1.0 / inner_steps))
+
+    def inner_rate(self, name: str, step: int) -> float | Tensor:
+        if self.inner_lrs is None:
+            return self.inner_lr
+        rates = self.inner_lrs[_key(name)]
+        return rates[min(step, rates.shape[0] - 1)]
+
+    def group_loss(self, batch: EpisodeBatch, task: int | slice) -> tuple[Tensor, Tensor]:
+        """Query loss at the adapted parameters (with ``multi_step_loss``: weighted over the
+        inner steps) and query accuracy (or MSE) after the last step, summed over the tasks."""
+        steps = self.inner_steps
+        adapted = self.adaptation(
+            batch.support_x[task],
+            batch.support_y[task],
+            batch.ways,
+            steps,
+            create_graph=not self.first_order,
+            detach=False,
+        )
+        query_y = batch.query_y[task]
+        features = adapted.features(batch.query_x[task])
+        loss = 0.0
+        for step in range(1, steps + 1) if self.multi_step_loss else [steps]:
+            out = adapted.predict(adapted.trajectory[step], features)
+            weight = self.step_weights[step - 1] if self.multi_step_loss else 1.0
+            loss = loss + weight * self.task_losses(out, query_y, batch.ways).sum()
+        return loss, self.task_metrics(out.detach(), query_y, batch.ways).sum()
+
+
+def build_maml(name: str, model: nn.Module, **options: Any) -> MAML:
+    """The variant ``name`` of :data:`MAML_VARIANTS` with ``options`` (e.g. ``inner_lr``).
+
+    Example:
+        >>> anil = build_maml("anil", model, inner_lr=0.1, inner_steps=5)
+    """
+    if name not in MAML_VARIANTS:
+        raise ValueError(f"unknown MAML variant {name!r}; known: {', '.join(MAML_VARIANTS)}")
+    return MAML(model, **{**MAML_VARIANTS[name], **options})
+
+
+def _key(name: str) -> str:
+    """A parameter name as a ParameterDict key (no dots)."""
+    return name.replace(".", ":")

@@ -1,0 +1,273 @@
+"""MAML family: the second-order meta-gradient against finite differences, the fast path
+against the reference loop over tasks (every variant, float64), the defining properties of
+FOMAML, ANIL and Meta-SGD, adaptation, errors, and learning sinusoids."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from lifelong.algorithms.functional import TaskForward, _BatchNorm
+from lifelong.algorithms.maml import MAML, MAML_VARIANTS, build_maml
+from lifelong.data.episodes import EpisodeBatch
+from lifelong.data.sinusoid import SinusoidSampler
+from lifelong.models.conv4 import Conv4
+from lifelong.models.mlp import MLP
+
+WAYS = 3
+
+
+def tiny(kind: str) -> nn.Module:
+    """Tiny float64 models with batch norm: Conv-4 with pooling (16x16), strided Conv-4
+    (8x8), MLP with batch norm (8x8 inputs)."""
+    torch.manual_seed(0)
+    if kind == "conv":
+        model = Conv4(1, 16, out_features=WAYS, hidden=4, track_running_stats=False)
+    elif kind == "strided":
+        model = Conv4(1, 8, out_features=WAYS, hidden=4, strided=True, track_running_stats=False)
+    else:
+        model = MLP(64, (8, 6), WAYS, batch_norm=True, track_running_stats=False)
+    return model.double()
+
+
+def episodes(kind: str = "conv", tasks: int = 4, shots: int = 2, queries: int = 2, seed: int = 0):
+    """Random float64 episodes whose images fit ``tiny(kind)``."""
+    size = 16 if kind == "conv" else 8
+    g = torch.Generator().manual_seed(seed)
+
+    def part(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.rand(tasks, WAYS * per_class, 1, size, size, generator=g, dtype=torch.float64)
+        y = torch.arange(WAYS).repeat_interleave(per_class).expand(tasks, -1).contiguous()
+        return x, y
+
+    return EpisodeBatch(*part(shots), *part(queries), WAYS, shots)
+
+
+def meta_gradient(maml: MAML, batch: EpisodeBatch) -> tuple[float, float, list[torch.Tensor]]:
+    out = maml.meta_loss(batch)
+    grads = torch.autograd.grad(out.loss, list(maml.parameters()))
+    return out.loss.item(), out.metric.item(), list(grads)
+
+
+def directional_difference(maml: MAML, batch: EpisodeBatch, direction: list, eps: float) -> float:
+    """Central finite difference of the meta-loss along ``direction``."""
+    params = list(maml.parameters())
+    values = []
+    with torch.no_grad():
+        for sign in (1, -1):
+            for p, d in zip(params, direction, strict=True):
+                p.add_(sign * eps * d)
+            values.append(maml.meta_loss(batch).loss.item())
+            for p, d in zip(params, direction, strict=True):
+                p.sub_(sign * eps * d)
+    return (values[0] - values[1]) / (2 * eps)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+@pytest.mark.parametrize("kind", ["conv", "mlp"])
+def test_second_order_meta_gradient_matches_finite_differences(fast: bool, kind: str) -> None:
+    batch = episodes(kind, tasks=2)
+    maml = MAML(tiny(kind), inner_lr=0.5, inner_steps=2, fast=fast)
+    first_order = MAML(maml.model, inner_lr=0.5, inner_steps=2, first_order=True, fast=fast)
+    _, _, grads = meta_gradient(maml, batch)
+    _, _, fo_grads = meta_gradient(first_order, batch)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        direction = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in maml.parameters()]
+        numeric = directional_difference(maml, batch, direction, eps=1e-6)
+        analytic = sum(float((gr * d).sum()) for gr, d in zip(grads, direction, strict=True))
+        assert analytic == pytest.approx(numeric, rel=1e-6, abs=1e-9)
+        # the second-order terms matter here: first order misses the finite difference
+        fo = sum(float((gr * d).sum()) for gr, d in zip(fo_grads, direction, strict=True))
+        assert abs(fo - numeric) > 1e-4 * abs(numeric)
+
+
+VARIANT_OPTIONS = [
+    {},
+    {"first_order": True},
+    {"adapt": "head"},
+    {"adapt": "head", "first_order": True},
+    {"meta_sgd": True},
+    {"per_step_lr": True, "multi_step_loss": True},
+    {"meta_sgd": True, "per_step_lr": True, "first_order": True},
+]
+
+
+@pytest.mark.parametrize("options", VARIANT_OPTIONS, ids=str)
+@pytest.mark.parametrize("kind", ["conv", "strided", "mlp"])
+def test_fast_path_equals_reference_loop(options: dict, kind: str) -> None:
+    batch = episodes(kind, tasks=5)
+    reference = MAML(tiny(kind), inner_lr=0.3, inner_steps=3, fast=False, **options)
+    loss, metric, grads = meta_gradient(reference, batch)
+    assert reference.fast_forward is None
+    for task_chunk, workers in [(None, 1), (1, 2), (2, 2), (5, 1)]:
+        fast = MAML(reference.model, inner_lr=0.3, inner_steps=3, **options)
+        fast.load_state_dict(reference.state_dict())  # learned rates too
+        fast.task_chunk, fast.workers = task_chunk, workers
+        assert fast.fast_forward is not None
+        fast_loss, fast_metric, fast_grads = meta_gradient(fast, batch)
+        assert fast_loss == pytest.approx(loss, rel=1e-12)
+        assert fast_metric == pytest.approx(metric, abs=1e-12)
+        for (name, _), a, b in zip(fast.named_parameters(), grads, fast_grads, strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12, msg=name)
+        torch.testing.assert_close(fast.evaluate(batch), reference.evaluate(batch))
+
+
+def test_float32_omniglot_shapes_agree() -> None:
+    """The real layout (Conv-4 with 64 filters on 28x28) in float32: the fast path's
+    meta-gradient equals the loop's to float tolerance."""
+    torch.manual_seed(0)
+    model = Conv4(1, 28, out_features=5, track_running_stats=False)
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(5).repeat_interleave(3).expand(2, -1).contiguous()
+    batch = EpisodeBatch(
+        torch.rand(2, 5, 1, 28, 28, generator=g),
+        labels[:, ::3].contiguous(),
+        torch.rand(2, 15, 1, 28, 28, generator=g),
+        labels,
+        5,
+        1,
+    )
+    _, _, grads = meta_gradient(MAML(model, fast=False), batch)
+    _, _, fast = meta_gradient(MAML(model, workers=2), batch)
+    scale = torch.cat([gr.flatten() for gr in grads]).norm()
+    for a, b in zip(grads, fast, strict=True):
+        assert (a - b).abs().max() <= 1e-5 * scale
+
+
+def test_batch_norm_double_backward_is_exact() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 6, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(6, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(6, generator=g, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradgradcheck(lambda *a: _BatchNorm.apply(*a, 1e-5), (x, weight, bias))
+    native = F.batch_norm(x, None, None, weight, bias, training=True)
+    torch.testing.assert_close(_BatchNorm.apply(x, weight, bias, 1e-5), native)
+
+
+def test_fomaml_gradient_is_the_query_gradient_at_adapted_parameters() -> None:
+    batch = episodes("conv", tasks=2)
+    model = tiny("conv")
+    _, _, grads = meta_gradient(MAML(model, inner_lr=0.3, inner_steps=2, first_order=True), batch)
+    expected = [torch.zeros_like(p) for p in model.parameters()]
+    names = [n for n, _ in model.named_parameters()]
+    for episode in batch:
+        params = {n: p.detach().requires_grad_() for n, p in model.named_parameters()}
+        for _ in range(2):
+            out = F.cross_entropy(
+                functional_call(model, params, (episode.support_x,)), episode.support_y
+            )
+            step = torch.autograd.grad(out, list(params.values()))
+            params = {
+                n: (params[n] - 0.3 * s).detach().requires_grad_()
+                for n, s in zip(names, step, strict=True)
+            }
+        query = F.cross_entropy(functional_call(model, params, (episode.query_x,)), episode.query_y)
+        for e, q in zip(expected, torch.autograd.grad(query, list(params.values())), strict=True):
+            e += q / len(batch)
+    for a, b in zip(grads, expected, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_anil_adapts_only_the_head(fast: bool) -> None:
+    batch = episodes("conv", tasks=2)
+    anil = MAML(tiny("conv"), inner_lr=0.3, inner_steps=2, adapt="head", fast=fast)
+    assert all(name.startswith("head.") for name in anil.adapted)
+    sx, sy = batch.support_x, batch.support_y
+    if not fast:
+        sx, sy = sx[0], sy[0]
+    final = anil.adaptation(sx, sy, WAYS, 2, create_graph=False, detach=True).trajectory[-1]
+    for name, p in anil.model.named_parameters():
+        moved = not torch.equal(final[name].detach().reshape(-1, *p.shape)[0], p.detach())
+        assert moved == name.startswith("head."), name
+    _, _, grads = meta_gradient(anil, batch)
+    first_conv = next(n for n, _ in anil.named_parameters())
+    assert first_conv == "model.features.0.0.weight"
+    assert grads[0].abs().sum() > 0  # the body still learns, through the outer loop
+
+
+def test_meta_sgd_rates_are_learned() -> None:
+    model = tiny("mlp")
+    maml = MAML(model, inner_lr=0.2, inner_steps=2, meta_sgd=True, per_step_lr=True)
+    for name, p in model.named_parameters():
+        rates = maml.inner_lrs[name.replace(".", ":")]
+        assert rates.shape == (2, *p.shape)
+        assert torch.all(rates == 0.2)
+    out = maml.meta_loss(episodes("mlp"))
+    out.loss.backward()
+    assert all(r.grad is not None and r.grad.abs().sum() > 0 for r in maml.inner_lrs.values())
+    scalar = MAML(model, inner_lr=0.2, inner_steps=3, per_step_lr=True)
+    assert all(r.shape == (3,) for r in scalar.inner_lrs.values())
+
+
+def test_variants_mapping_and_builder() -> None:
+    assert set(MAML_VARIANTS) == {"maml", "fomaml", "anil", "metasgd"}
+    model = tiny("mlp")
+    assert build_maml("fomaml", model).first_order
+    assert build_maml("anil", model, inner_steps=3).scope == "head"
+    assert build_maml("metasgd", model).inner_lrs is not None
+    assert not build_maml("maml", model).first_order
+    with pytest.raises(ValueError, match="unknown MAML variant 'reptile'"):
+        build_maml("reptile", model)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_adapt_returns_a_graph_free_predictor(fast: bool) -> None:
+    batch = episodes("conv", tasks=1)
+    maml = MAML(tiny("conv"), inner_lr=0.3, eval_inner_steps=2, fast=fast)
+    predict = maml.adapt(batch.support_x[0], batch.support_y[0], WAYS)
+    logits = predict(batch.query_x[0])
+    assert logits.shape == (WAYS * 2, WAYS) and not logits.requires_grad
+    narrow = maml.adapt(batch.support_x[0][:4], batch.support_y[0][:4], 2)
+    assert narrow(batch.query_x[0]).shape == (WAYS * 2, 2)  # fewer ways: the first outputs
+    with pytest.raises(ValueError, match="4-way tasks need 4 outputs, but the model's head has 3"):
+        maml.adapt(batch.support_x[0], batch.support_y[0], 4)
+    assert maml.evaluate(batch).shape == (1,)
+
+
+def test_unsupported_models_fall_back_to_the_loop() -> None:
+    class Tiny(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(nn.Flatten(), nn.Linear(64, 5), nn.Tanh())
+            self.head = nn.Linear(5, WAYS)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.features(x))
+
+    maml = MAML(Tiny().double())
+    assert maml.fast_forward is None and TaskForward.of(tiny("conv")) is not None
+    out = maml.meta_loss(episodes("mlp"))
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+
+
+def test_invalid_settings_are_named() -> None:
+    tracked = Conv4(1, 16, out_features=WAYS, hidden=4, track_running_stats=True)
+    with pytest.raises(ValueError, match=r"'features\.0\.1' tracks running statistics"):
+        MAML(tracked)
+    with pytest.raises(ValueError, match="inner_steps must be a positive integer, got 0"):
+        MAML(tiny("mlp"), inner_steps=0)
+    with pytest.raises(ValueError, match="adapt must be 'all' or 'head', got 'body'"):
+        MAML(tiny("mlp"), adapt="body")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="needs a model with a `head`"):
+        MAML(nn.Sequential(nn.Linear(2, 2)), adapt="head")
+
+
+def test_meta_training_learns_sinusoids() -> None:
+    """A hundred meta-iterations cut the post-adaptation MSE on fixed test tasks."""
+    torch.manual_seed(0)
+    maml = MAML(MLP(1, (40, 40), 1), inner_lr=0.01, inner_steps=1, regression=True)
+    optimizer = torch.optim.Adam(maml.parameters(), lr=1e-2)
+    sampler = SinusoidSampler(shots=10, queries=10, seed=0)
+    test = next(sampler.fixed(200, seed=99).batches(200))
+    before = maml.evaluate(test).mean().item()
+    for _ in range(100):
+        optimizer.zero_grad()
+        maml.meta_loss(sampler.sample(10)).loss.backward()
+        optimizer.step()
+    assert maml.evaluate(test).mean().item() < 0.75 * before
