@@ -112,7 +112,7 @@ def main() -> None:
         earlier = json.loads(Path(path).read_text())
         if earlier["benchmark"] != args.protocol:
             parser.error(f"{path} holds {earlier['benchmark']} results, not {args.protocol}")
-        entries += [{**e, "from": path} for e in earlier["entries"]]
+        entries += [{"command": earlier["command"], **e} for e in earlier["entries"]]
     report = {
         "benchmark": args.protocol,
         "command": " ".join(["python", *sys.argv]),
@@ -150,6 +150,7 @@ def main() -> None:
         print(result.table(), flush=True)
         entries.append(
             {
+                "command": report["command"],
                 "entry": spec,
                 "lr_search_validation": search,
                 "seconds": round(time.perf_counter() - started, 1),
