@@ -3,20 +3,23 @@
 The setting of Finn et al. 2017 on Omniglot: 5-way 1-shot, 15 queries per class, meta-batch
 32, Conv-4 with 64 filters on 28x28x1 images, one inner step (lr 0.4); a meta-iteration is
 ``meta_loss`` + ``backward`` (no optimiser step), on a fixed batch of random images. Variants,
-each second order (true meta-gradient) and first order (FOMAML):
+each second order (true meta-gradient, ``_2nd``) and first order (FOMAML, ``_1st``):
 
 - ``loop``: ``MAML(model, fast=False)``: the reference, one task after the other through
-  ``functional_call`` on the model, intra-op threads (what learn2learn-style code does);
+  ``functional_call`` on the model, the graph of all tasks kept for ``backward``, intra-op
+  threads (what learn2learn-style code does);
 - ``fast``: ``MAML(model)``, the library default: :class:`~lifelong.algorithms.functional.
-  TaskForward` (channels_last, first convolution as a matrix product, pooling before ReLU,
-  cheap batch-norm double backward) with the tasks shared out to one thread per core;
-- ``fast_1worker``: the same forward in the calling thread, intra-op threads (``workers=1``).
+  TaskForward` (channels_last, first convolution as a matrix product, pooling before ReLU; NCHW
+  and a batch norm with a cheap double backward on the support pass), each task differentiated
+  as soon as its loss is computed, the tasks shared out to one thread per core;
+- ``fast_1worker``: the same in the calling thread, intra-op threads (``workers=1``).
 
 Variants are timed in turns (one meta-iteration of each per round) so that a change in the
 machine's load hits all alike; wall and CPU seconds, median over rounds after warm-up, with
-the load averages. Peak memory: each variant runs two meta-iterations in its own process,
-which reports the growth of its peak resident set size (``ru_maxrss``) over the set-up. The
-meta-gradients of ``fast`` and ``loop`` are compared (max abs difference / gradient norm).
+the load averages. Peak memory: each variant runs a meta-iteration in its own process, which
+reports the growth of its peak resident set size over the set-up. The meta-gradients of
+``fast`` and ``loop`` are compared (max abs difference / gradient norm). The allocator follows
+the environment (e.g. ``THP_MEM_ALLOC_ENABLE=1``), recorded in the results.
 
 Usage:
     python benchmarks/maml_speed.py [--rounds 3] [--warmup 1] [--threads 2]
@@ -134,8 +137,7 @@ def peak_memory(name: str) -> None:
     """Child process: print the growth of the peak RSS over the set-up, in MiB."""
     _, step = make_step(name.rsplit("_", 1)[0], name.endswith("_1st"))
     before = peak_rss_mib()
-    for _ in range(2):
-        step()
+    step()
     print(json.dumps({"peak_growth_mib": round(peak_rss_mib() - before, 1)}))
 
 
@@ -180,6 +182,7 @@ def main() -> None:
         "load_before": [round(x, 2) for x in load_before],
         "load_after": [round(x, 2) for x in load_after],
         "load_note": "1/5/15-minute load averages; the 2 cores are shared with other users",
+        "thp_mem_alloc_enable": os.environ.get("THP_MEM_ALLOC_ENABLE"),
         "grad_agreement_max_abs_over_norm": {
             "2nd": agreement(first_order=False),
             "1st": agreement(first_order=True),

@@ -17,14 +17,16 @@ Batch norm uses each task's own batch statistics (``track_running_stats=False``,
 paper): the support set is normalised with its own statistics, and so is the query set, so
 predictions are *transductive* (a query's output depends on the other queries of its batch).
 
-On the CPU the tasks of a batch are shared out to ``workers`` threads (by default as many as
-``torch.get_num_threads()``), each running one intra-op thread: the tasks are independent, so
-the threads never wait for each other, where intra-op parallelism synchronises the cores at
-every one of the thousands of small operations of an inner loop (and stalls when other
-processes share the cores). Each thread differentiates its tasks' meta-loss itself;
-:meth:`InnerLoopLearner.meta_loss` then returns ``value + sum(p * g) - sum(p * g).detach()``,
-which has the exact value and meta-gradient ``g`` for ``loss.backward()`` (only its own second
-derivatives are lost).
+On the fast path, :meth:`InnerLoopLearner.meta_loss` differentiates each task group as soon
+as its loss is computed and adds up the meta-gradient ``g``: only one task group's graph is
+alive at a time (about 160 MB instead of 2 GB for 32 Omniglot tasks) and its activations are
+still in cache. It returns ``value + sum(p * g) - sum(p * g).detach()``, which has the exact
+value and gradient for ``loss.backward()`` (only second derivatives *of the meta-loss* are
+lost). On the CPU the tasks are shared out to ``workers`` threads (by default as many as
+``torch.get_num_threads()``), each with one intra-op thread: tasks are independent, so the
+threads never wait for each other, where intra-op parallelism synchronises the cores at every
+one of the thousands of small operations of an inner loop (and stalls whenever other processes
+share the cores). The reference path keeps the plain graph of the whole batch.
 """
 
 from __future__ import annotations
@@ -130,7 +132,7 @@ class InnerLoopLearner(Algorithm):
         workers: threads that share out the tasks on the CPU on the fast path (module doc);
             ``None``: ``torch.get_num_threads()``; ``1``: everything in the calling thread.
 
-    Subclasses implement :meth:`serial_meta_loss`.
+    Subclasses implement :meth:`group_loss`.
     """
 
     def __init__(
@@ -321,12 +323,12 @@ class InnerLoopLearner(Algorithm):
         """Mean over tasks of :meth:`group_loss`. On the fast path (with grad enabled) each
         task group is differentiated as soon as its loss is computed, in the workers' threads,
         and the result is a surrogate with the same value and gradient (module doc)."""
-        if self.fast_forward is None or not torch.is_grad_enabled():
+        params = [p for p in self.parameters() if p.requires_grad]
+        if self.fast_forward is None or not torch.is_grad_enabled() or not params:
             sums = [self.group_loss(batch, task) for task in self.task_groups(batch)]
             return MetaLoss(
                 sum(s[0] for s in sums) / len(batch), sum(s[1] for s in sums) / len(batch)
             )
-        params = [p for p in self.parameters() if p.requires_grad]
 
         def differentiate(share: EpisodeBatch) -> tuple[Tensor, Tensor, list[Tensor | None]]:
             value, metric, grads = 0.0, 0.0, [None] * len(params)
@@ -340,10 +342,13 @@ class InnerLoopLearner(Algorithm):
         results = self.in_parallel(differentiate, self.shares(batch))
         value = sum(r[0] for r in results) / len(batch)
         surrogate = sum(
-            (p * g).sum()
-            for r in results
-            for p, g in zip(params, r[2], strict=True)
-            if g is not None
+            (
+                (p * g).sum()
+                for r in results
+                for p, g in zip(params, r[2], strict=True)
+                if g is not None
+            ),
+            value.new_zeros(()),
         )
         loss = value + (surrogate - surrogate.detach())
         return MetaLoss(loss, sum(r[1] for r in results) / len(batch))
