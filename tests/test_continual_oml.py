@@ -106,3 +106,33 @@ def test_errors():
         small.meta_loss(EpisodeSampler(clusters(30), 3, 2, 2, seed=0).sample(4))
     with pytest.raises(ValueError, match="has no embedding_dim"):
         OML(nn.Linear(3, 3), num_classes=5)
+
+
+def test_build_oml_for_sinusoids():
+    from lifelong.algorithms.oml import build_oml
+    from lifelong.build import DataFacts
+    from lifelong.config import ConfigError, RunConfig
+
+    facts = DataFacts("sinusoid", regression=True)
+    cfg = RunConfig(
+        algorithm="oml",
+        dataset="sinusoid",
+        backbone="mlp",
+        hidden=(64, 64, 64),
+        shots=20,
+        inner_steps=4,
+        meta_batch=5,
+    )
+    torch.manual_seed(0)
+    oml = build_oml(cfg, facts)
+    assert oml.functions == 5 and oml.online_batch == 5 and oml.regression
+    first = oml.representation.features[1]
+    assert first.in_features == 6  # x and a one-hot of 5 functions
+    layers = [m for m in oml.modules() if isinstance(m, nn.Linear)]
+    assert len(layers) == 4 and all(not m.bias.detach().any() for m in layers)
+    hidden = layers[1].weight  # Kaiming normal: std sqrt(2 / fan_in)
+    assert abs(float(hidden.detach().std()) - (2 / 64) ** 0.5) < 0.02
+    with pytest.raises(ConfigError, match="into --inner-steps 3 equal online batches"):
+        build_oml(cfg.override(inner_steps=3), facts)
+    with pytest.raises(ConfigError, match="at least two hidden layers"):
+        build_oml(cfg.override(hidden=(64,)), facts)
