@@ -18,11 +18,16 @@ Variants are timed in turns (one meta-iteration of each per round) so that a cha
 machine's load hits all alike; wall and CPU seconds, median over rounds after warm-up, with
 the load averages. Peak memory: each variant runs a meta-iteration in its own process, which
 reports the growth of its peak resident set size over the set-up. The meta-gradients of
-``fast`` and ``loop`` are compared (max abs difference / gradient norm). The allocator follows
-the environment (e.g. ``THP_MEM_ALLOC_ENABLE=1``), recorded in the results.
+``fast`` and ``loop`` are compared (max abs difference / gradient norm).
+
+Allocator (``--allocator``): ``default`` is glibc as configured by the environment (e.g.
+``THP_MEM_ALLOC_ENABLE=1``, recorded); ``keep`` calls ``mallopt`` first so that freed memory
+stays in the process (no ``mmap`` blocks, no trimming): otherwise every 15 MB activation of a
+task is faulted in and zeroed by the kernel again, which costs about a quarter of the fast
+path's time here.
 
 Usage:
-    python benchmarks/maml_speed.py [--rounds 3] [--warmup 1] [--threads 2]
+    python benchmarks/maml_speed.py [--rounds 3] [--warmup 1] [--threads 2] [--allocator keep]
 
 Writes ``benchmarks/results/maml_speed.json``.
 """
@@ -30,6 +35,8 @@ Writes ``benchmarks/results/maml_speed.json``.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import json
 import os
 import platform
@@ -48,12 +55,20 @@ from lifelong.data.episodes import EpisodeBatch
 from lifelong.models.conv4 import Conv4
 
 HERE = Path(__file__).resolve().parent
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc <malloc.h>
 WAYS, SHOTS, QUERIES, META_BATCH = 5, 1, 15, 32
 VARIANTS = {
     "loop": {"fast": False},
     "fast": {},
     "fast_1worker": {"workers": 1},
 }
+
+
+def keep_freed_memory() -> None:
+    """glibc only: serve every block from the heap and never give freed memory back."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    if libc.mallopt(M_MMAP_MAX, 0) != 1 or libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) != 1:
+        raise RuntimeError("mallopt failed (not glibc?)")
 
 
 def cpu_model() -> str:
@@ -146,9 +161,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="timed iterations of each variant")
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations first")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--allocator", choices=("default", "keep"), default="default")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "maml_speed.json")
     args = parser.parse_args()
+    if args.allocator == "keep":
+        keep_freed_memory()
     torch.set_num_threads(args.threads)
     if args.memory_of:
         peak_memory(args.memory_of)
@@ -160,6 +178,7 @@ def main() -> None:
     load_after = os.getloadavg()
     for n in names:
         command = [sys.executable, __file__, "--memory-of", n, "--threads", str(args.threads)]
+        command += ["--allocator", args.allocator]
         out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         results[n].update(json.loads(out.strip().splitlines()[-1]))
     for n in names:
@@ -182,6 +201,7 @@ def main() -> None:
         "load_before": [round(x, 2) for x in load_before],
         "load_after": [round(x, 2) for x in load_after],
         "load_note": "1/5/15-minute load averages; the 2 cores are shared with other users",
+        "allocator": args.allocator,
         "thp_mem_alloc_enable": os.environ.get("THP_MEM_ALLOC_ENABLE"),
         "grad_agreement_max_abs_over_norm": {
             "2nd": agreement(first_order=False),

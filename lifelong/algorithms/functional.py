@@ -20,10 +20,10 @@ adapted ``theta'_i`` of each task. Two implementations of one signature, ``forwa
   * ``MaxPool2d(2)`` runs before the ``ReLU`` it follows (they commute: both are monotone), so the
     ReLU and its derivatives touch a quarter of the values;
   * linear layers with per-task weights are batched matrix products;
-  * a pass that will be differentiated twice (``twice=True``: the support pass of second-order
-    MAML) keeps the contiguous (NCHW) layout and uses :class:`_BatchNorm`, whose double
-    backward is a handful of operations; with 5 shots this halved a second-order
-    meta-iteration (8.3 s -> 4.6 s on one core; no measurable change with 1 shot).
+  * batch norm is :class:`_BatchNorm`: native forward and backward, and a double backward
+    (second-order MAML differentiates the support pass's backward) derived by hand, a few
+    fused passes instead of native batch norm's several dozen full-size operations; with 5
+    shots this took a second-order meta-iteration from 8.3 s to 3.9 s on one core.
 
 Measured on 2 CPU cores (``benchmarks/maml_speed.py``), one task per group (``G = 1``) is the
 fastest for Conv-4: the task's activations stay in cache, while 32 tasks side by side do not
@@ -48,6 +48,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 from torch.func import functional_call
 
 from lifelong.models.conv4 import Conv4
@@ -115,17 +116,12 @@ class TaskForward:
                 layers[i], layers[i + 1] = layers[i + 1], layers[i]
         return cls(layers, spatial_mean=type(model) is Conv4 and model.strided)
 
-    def __call__(self, params: Params, x: Tensor, twice: bool = False) -> Tensor:
-        """Outputs ``[G, n, out]``; ``twice``: the pass will be differentiated twice (the
-        support pass of second-order MAML), see :meth:`embed`."""
-        return self.head(params, self.embed(params, x, twice))
+    def __call__(self, params: Params, x: Tensor) -> Tensor:
+        """Outputs ``[G, n, out]`` of inputs ``x [G, n, ...]``."""
+        return self.head(params, self.embed(params, x))
 
-    def embed(self, params: Params, x: Tensor, twice: bool = False) -> Tensor:
-        """Features ``[G, n, D]`` of inputs ``x [G, n, ...]`` (``model.embed`` of each task).
-
-        ``twice`` trades the layout for a cheaper double backward: activations in the
-        contiguous (NCHW) layout, where batch norm's reductions are fast, and batch norm through
-        :class:`_BatchNorm`, whose backward is a few differentiable operations."""
+    def embed(self, params: Params, x: Tensor) -> Tensor:
+        """Features ``[G, n, D]`` of inputs ``x [G, n, ...]`` (``model.embed`` of each task)."""
         groups, n = x.shape[:2]
         h = x  # [G, n, ...] until the first layer; then [n, G*C, H, W] or [G, n, F]
         for layer in self.layers:
@@ -133,16 +129,15 @@ class TaskForward:
             m = layer.module
             if layer.kind == "conv" and h is x:
                 h = _first_conv(h, *p, m.stride, m.padding)
-                h = h.contiguous() if twice else h
             elif layer.kind == "conv":
                 w = p[0].reshape(-1, *p[0].shape[2:])
                 b = None if p[1] is None else p[1].reshape(-1)
                 h = F.conv2d(h, w, b, m.stride, m.padding, groups=groups)
             elif layer.kind == "bn" and h.dim() == 3:  # [G, n, F] -> [n, G*F] and back
                 flat = h.transpose(0, 1).reshape(n, -1)
-                h = _batch_norm(flat, *p, m.eps, twice).view(n, groups, -1).transpose(0, 1)
+                h = _batch_norm(flat, *p, m.eps).view(n, groups, -1).transpose(0, 1)
             elif layer.kind == "bn":
-                h = _batch_norm(h, *p, m.eps, twice)
+                h = _batch_norm(h, *p, m.eps)
             elif layer.kind == "relu":
                 h = F.relu(h)
             elif layer.kind == "pool":
@@ -188,42 +183,37 @@ def _first_conv(
     padding: tuple[int, ...],
 ) -> Tensor:
     """Convolution of ``x [G, n, C, H, W]`` with per-task ``weight [G, O, C, k, k]`` as an
-    ``unfold`` and a batched matrix product; returns ``[n, G*O, H', W']`` in channels_last."""
+    ``unfold`` and a batched matrix product; returns ``[n, G*O, H', W']`` in channels_last.
+    The bias rides in the product as a column of ones (no extra pass over the output)."""
     groups, n, channels, height, width = x.shape
     out, k = weight.shape[1], weight.shape[-1]
     cols = F.unfold(x.reshape(groups * n, channels, height, width), k, 1, padding, stride)
     out_h = (height + 2 * padding[0] - k) // stride[0] + 1
     out_w = (width + 2 * padding[1] - k) // stride[1] + 1
     taps = cols.shape[1]  # C * k * k
-    cols = cols.view(groups, n, taps, out_h * out_w).transpose(2, 3).reshape(groups, -1, taps)
-    w = weight.reshape(groups, out, -1).transpose(1, 2)
-    h = torch.bmm(cols, w) if bias is None else torch.baddbmm(bias.unsqueeze(1), cols, w)
+    cols = cols.view(groups, n, taps, out_h * out_w).transpose(2, 3)
+    w = weight.reshape(groups, out, taps).transpose(1, 2)
+    if bias is not None:
+        padded = cols.new_ones(groups, n, out_h * out_w, taps + 1)
+        padded[..., :taps] = cols
+        cols, w = padded, torch.cat([w, bias.unsqueeze(1)], dim=1)
+    h = torch.bmm(cols.reshape(groups, n * out_h * out_w, -1), w)
     h = h.view(groups, n, out_h, out_w, out).permute(1, 2, 3, 0, 4)
     return h.reshape(n, out_h, out_w, groups * out).permute(0, 3, 1, 2)
 
 
-def _batch_norm(
-    h: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, twice: bool
-) -> Tensor:
+def _batch_norm(h: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
     """Batch norm with the batch's statistics over all dims but the (task-major) channels."""
-    weight = None if weight is None else weight.reshape(-1)
-    bias = None if bias is None else bias.reshape(-1)
-    if twice and weight is not None and bias is not None:
-        return _BatchNorm.apply(h, weight, bias, eps)
-    return F.batch_norm(h, None, None, weight, bias, training=True, momentum=0.0, eps=eps)
+    if weight is None or bias is None:  # not affine
+        return F.batch_norm(h, None, None, weight, bias, training=True, momentum=0.0, eps=eps)
+    return _BatchNorm.apply(h, weight.reshape(-1), bias.reshape(-1), eps)
 
 
 class _BatchNorm(torch.autograd.Function):
-    """Affine batch norm with batch statistics: native forward, and a backward that, when its
-    own graph is needed (``create_graph``), is the textbook formula in a few differentiable
-    operations (statistics recomputed from ``x``)::
-
-        x_hat = (x - mean) * invstd
-        d_bias = sum(g),  d_weight = sum(g * x_hat)
-        d_x = weight * invstd * (g - (d_bias + x_hat * d_weight) / N)
-
-    Its derivative replaces native batch norm's double backward (a few dozen full-size
-    operations); without ``create_graph`` the native backward runs."""
+    """Affine batch norm with batch statistics whose backward, when its own graph is needed
+    (``create_graph``), is :class:`_BatchNormBackward`: native forward and backward, and a
+    double backward derived by hand (a few per-channel sums and two fused passes) instead of
+    native batch norm's several dozen full-size operations."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
@@ -235,21 +225,85 @@ class _BatchNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, weight, mean, invstd = ctx.saved_tensors
-        if not torch.is_grad_enabled():
-            mask = [True, True, True]
-            grads = torch.ops.aten.native_batch_norm_backward(
-                grad, x, weight, None, None, mean, invstd, True, ctx.eps, mask
-            )
-            return (*grads, None)
-        dims = [0, *range(2, x.dim())]
+        grad = _layout_of(x, grad)
+        if torch.is_grad_enabled():
+            grads = _BatchNormBackward.apply(grad, x, weight, mean, invstd, ctx.eps)
+        else:
+            grads = _native_backward(grad, x, weight, mean, invstd, ctx.eps)
+        return (*grads, None)
+
+
+class _BatchNormBackward(torch.autograd.Function):
+    """``(g, x, weight) -> (d_x, d_weight, d_bias)`` of batch norm, and its derivative.
+
+    With ``x_hat = (x - mean) * r``, ``A = mean(g)``, ``B = mean(g * x_hat)`` per channel and
+    ``P(v) = v - mean(v) - x_hat * mean(v * x_hat)``, the backward is ``d_x = w r P(g)``,
+    ``d_weight = N B``, ``d_bias = N A``. For cotangents ``u`` (of ``d_x``), ``a``, ``b``:
+
+        grad_g = w r P(u) + a x_hat + b
+        grad_w = r (sum(u g) - A sum(u) - B sum(u x_hat))
+        grad_x = -(r^2 / N) w (sum(u g) - A sum(u) - B sum(u x_hat)) x_hat
+                 + (a N - w r sum(u x_hat)) (r / N) P(g) - w r^2 B P(u)
+
+    (``dx_hat = r P(dx)``, ``dr = -r^2 mean(x_hat dx)``; checked by ``gradgradcheck``).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, grad: Tensor, x: Tensor, weight: Tensor, mean: Tensor, invstd: Tensor, eps: float
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        ctx.save_for_backward(grad, x, weight, mean, invstd)
+        return _native_backward(grad, x, weight, mean, invstd, eps)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, u: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor | None, ...]:
+        g, x, weight, mean, r = ctx.saved_tensors
+        u = _layout_of(x, u)
         shape = [1, -1] + [1] * (x.dim() - 2)
-        centred = x - x.mean(dims, keepdim=True)
-        invstd = torch.rsqrt((centred * centred).mean(dims, keepdim=True) + ctx.eps)
-        x_hat = centred * invstd
-        d_bias = grad.sum(dims)
-        d_weight = (grad * x_hat).sum(dims)
-        mixed = (d_bias.view(shape) + x_hat * d_weight.view(shape)) / (x.numel() // x.shape[1])
-        return (weight.view(shape) * invstd) * (grad - mixed), d_weight, d_bias, None
+        n = x.numel() // x.shape[1]
+        x_hat = (x - mean.view(shape)) * r.view(shape)
+        mean_g, mean_gx = _channel_sum(g) / n, _channel_sum(g * x_hat) / n
+        sum_u, sum_ux, sum_ug = _channel_sum(u), _channel_sum(u * x_hat), _channel_sum(u * g)
+        wr = weight * r
+        grad_g = torch.addcmul((b - wr * sum_u / n).view(shape), u, wr.view(shape))
+        grad_g.addcmul_(x_hat, (a - wr * sum_ux / n).view(shape))
+        mixed = sum_ug - mean_g * sum_u - mean_gx * sum_ux
+        c_x = -(r * r / n) * weight * mixed
+        c_g = (a * n - wr * sum_ux) * r / n
+        c_u = -wr * r * mean_gx
+        offset = -c_g * mean_g - c_u * sum_u / n
+        grad_x = torch.addcmul(offset.view(shape), g, c_g.view(shape))
+        grad_x.addcmul_(u, c_u.view(shape))
+        grad_x.addcmul_(x_hat, (c_x - c_g * mean_gx - c_u * sum_ux / n).view(shape))
+        return grad_g, grad_x, r * mixed, None, None, None
+
+
+def _native_backward(
+    grad: Tensor, x: Tensor, weight: Tensor, mean: Tensor, invstd: Tensor, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    mask = [True, True, True]
+    return tuple(
+        torch.ops.aten.native_batch_norm_backward(
+            grad, x, weight, None, None, mean, invstd, True, eps, mask
+        )
+    )
+
+
+def _layout_of(x: Tensor, t: Tensor) -> Tensor:
+    """``t`` in the memory layout of ``x``: native batch norm's backward is about 20 times
+    slower when its gradient and input layouts differ (channels_last vs NCHW)."""
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return t.contiguous(memory_format=torch.channels_last)
+    return t.contiguous()
+
+
+def _channel_sum(t: Tensor) -> Tensor:
+    """Sum over all dims but dim 1; channels_last tensors as the matrix ``[N*H*W, C]`` they
+    are in memory (PyTorch's reduction over dims (0, 2, 3) is slow in that layout)."""
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1]).sum(0)
+    return t.sum([0, *range(2, t.dim())])
 
 
 def _task_major(h: Tensor, groups: int) -> Tensor:

@@ -261,7 +261,7 @@ class InnerLoopLearner(Algorithm):
                 features = partial(fast.embed, params)
             elif fast is not None:
                 params = {n: p.expand(support_x.shape[0], *p.shape) for n, p in params.items()}
-                inner, predict = partial(fast, twice=create_graph), fast
+                inner = predict = fast
             trajectory = inner_loop(
                 inner,
                 params,
