@@ -55,27 +55,28 @@ def plot_results(summaries: Sequence[dict[str, Any]], path: str | Path) -> Path:
         ylabel=f"{metric}{' (%)' if percent else ''} on all seen {unit}",
         title=f"{first['protocol']} (mean, 95% CI over seeds)",
     )
-    if percent:
-        curve.set_ylim(0, 100)
+    curve.set_ylim(0, 100 if percent else None)
     curve.grid(alpha=0.3)
     curve.legend(fontsize=8)
-    for ax, summary in zip(axes[0, 1:], summaries, strict=True):
-        matrix = torch.tensor(
+    matrices = [
+        scale
+        * torch.tensor(
             [[math.nan if v is None else v for v in row] for row in summary["accuracy_matrix"]]
         )
+        for summary in summaries
+    ]
+    top = 100.0 if percent else max(float(m.nan_to_num(0).max()) for m in matrices)
+    for ax, summary, matrix in zip(axes[0, 1:], summaries, matrices, strict=True):
         image = ax.imshow(
-            scale * matrix.numpy(),
-            cmap="viridis" if percent else "magma_r",
-            vmin=0,
-            vmax=100 if percent else None,
-        )
+            matrix.numpy(), cmap="viridis" if percent else "magma_r", vmin=0, vmax=top
+        )  # one colour scale for all learners
         labels = list(summary[f"{metric}_by_classes"])
         step = max(1, len(labels) // 10)
         ticks = list(range(0, len(labels), step))
         ax.set_xticks(ticks, [labels[t] for t in ticks], rotation=45)
         ax.set_yticks(ticks, [labels[t] for t in ticks])
         ax.set(
-            xlabel=f"group j (up to ... {unit})",
+            xlabel=f"group j (ends at that many {unit})",
             ylabel=f"after i ({unit} learned)",
             title=f"{summary['learner']}: R[i, j]",
         )
