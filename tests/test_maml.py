@@ -138,14 +138,35 @@ def test_float32_omniglot_shapes_agree() -> None:
         assert (a - b).abs().max() <= 1e-5 * scale
 
 
-def test_batch_norm_double_backward_is_exact() -> None:
+@pytest.mark.parametrize(
+    ("shape", "channels_last"),
+    [((5, 6, 3, 3), False), ((5, 6, 3, 3), True), ((7, 6), False)],
+    ids=["nchw", "channels_last", "2d"],
+)
+def test_batch_norm_double_backward_is_exact(shape: tuple, channels_last: bool) -> None:
+    """The hand-derived double backward against numerical derivatives and against native
+    batch norm's, with gradients in either memory layout."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(5, 6, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
     weight = torch.randn(6, generator=g, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(6, generator=g, dtype=torch.float64, requires_grad=True)
     torch.autograd.gradgradcheck(lambda *a: _BatchNorm.apply(*a, 1e-5), (x, weight, bias))
-    native = F.batch_norm(x, None, None, weight, bias, training=True)
-    torch.testing.assert_close(_BatchNorm.apply(x, weight, bias, 1e-5), native)
+    grad_y = torch.randn(shape, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def second_derivatives(batch_norm) -> tuple[torch.Tensor, ...]:
+        first = torch.autograd.grad(
+            batch_norm(x, weight, bias), (x, weight, bias), grad_y, create_graph=True
+        )
+        outer = first[0].sin().sum() + first[1].square().sum() + first[2].pow(3).sum()
+        return torch.autograd.grad(outer, (x, weight, grad_y))
+
+    native = second_derivatives(lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True))
+    ours = second_derivatives(lambda *a: _BatchNorm.apply(*a, 1e-5))
+    for a, b in zip(ours, native, strict=True):
+        torch.testing.assert_close(a, b)
 
 
 def test_fomaml_gradient_is_the_query_gradient_at_adapted_parameters() -> None:

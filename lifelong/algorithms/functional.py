@@ -77,11 +77,14 @@ class ModuleForward:
 
 @dataclass(frozen=True)
 class _Layer:
-    """One step of :class:`TaskForward`: ``kind`` and the module it came from."""
+    """One step of :class:`TaskForward`: ``kind`` and the module it came from; a first
+    convolution carries the batch norm that follows it in ``norm`` (fused, see
+    :func:`_first_conv`)."""
 
     kind: str  # conv | bn | relu | pool | flatten | linear
     name: str
     module: nn.Module
+    norm: _Layer | None = None
 
 
 class TaskForward:
@@ -110,6 +113,9 @@ class TaskForward:
             if kind is None:
                 return None
             layers.append(_Layer(kind, name, module))
+        first, second = layers[0], layers[1] if len(layers) > 1 else None
+        if first.kind == "conv" and second and second.kind == "bn" and second.module.affine:
+            layers[:2] = [_Layer("conv", first.name, first.module, norm=second)]
         # MaxPool2d(2) after ReLU: swap them (relu(max(x)) == max(relu(x)), same gradients).
         for i in range(len(layers) - 1):
             if layers[i].kind == "relu" and layers[i + 1].kind == "pool":
@@ -128,7 +134,13 @@ class TaskForward:
             p = (params.get(f"{layer.name}.weight"), params.get(f"{layer.name}.bias"))
             m = layer.module
             if layer.kind == "conv" and h is x:
-                h = _first_conv(h, *p, m.stride, m.padding)
+                bn = layer.norm
+                norm = (
+                    None
+                    if bn is None
+                    else (params[f"{bn.name}.weight"], params[f"{bn.name}.bias"], bn.module.eps)
+                )
+                h = _first_conv(h, *p, m.stride, m.padding, norm)
             elif layer.kind == "conv":
                 w = p[0].reshape(-1, *p[0].shape[2:])
                 b = None if p[1] is None else p[1].reshape(-1)
@@ -181,10 +193,18 @@ def _first_conv(
     bias: Tensor | None,
     stride: tuple[int, ...],
     padding: tuple[int, ...],
+    norm: tuple[Tensor, Tensor, float] | None = None,
 ) -> Tensor:
     """Convolution of ``x [G, n, C, H, W]`` with per-task ``weight [G, O, C, k, k]`` as an
-    ``unfold`` and a batched matrix product; returns ``[n, G*O, H', W']`` in channels_last.
-    The bias rides in the product as a column of ones (no extra pass over the output)."""
+    ``unfold`` and one batched matrix product; returns ``[n, G*O, H', W']`` in channels_last.
+
+    With ``norm = (gamma, beta, eps)`` the batch norm that follows is folded into the product:
+    the output ``x = P w + b`` of patches ``P`` is linear, so its per-channel batch statistics
+    are ``mean = mean(P) w + b`` and ``var = w^T Cov(P) w`` with the small covariance of the
+    patches (``C*k*k`` square), and ``gamma (x - mean) / sqrt(var + eps) + beta`` is
+    ``(P - mean(P)) (w * scale) + beta``: no pass over the activations for the statistics, the
+    normalisation or their gradients. The convolution's bias cancels (gradient exactly zero,
+    as batch norm makes it). The shift rides in the product as a column of ones."""
     groups, n, channels, height, width = x.shape
     out, k = weight.shape[1], weight.shape[-1]
     cols = F.unfold(x.reshape(groups * n, channels, height, width), k, 1, padding, stride)
@@ -192,11 +212,21 @@ def _first_conv(
     out_w = (width + 2 * padding[1] - k) // stride[1] + 1
     taps = cols.shape[1]  # C * k * k
     cols = cols.view(groups, n, taps, out_h * out_w).transpose(2, 3)
-    w = weight.reshape(groups, out, taps).transpose(1, 2)
-    if bias is not None:
+    w = weight.reshape(groups, out, taps)
+    shift = bias
+    if norm is not None:
+        gamma, beta, eps = norm
+        cols = cols - cols.mean((1, 2), keepdim=True)  # centred patches (data: no gradient)
+        flat = cols.reshape(groups, -1, taps)
+        cov = torch.bmm(flat.transpose(1, 2), flat) / flat.shape[1]
+        var = (torch.bmm(w, cov) * w).sum(-1)
+        w = w * (gamma.reshape(groups, out) * torch.rsqrt(var + eps)).unsqueeze(-1)
+        shift = beta.reshape(groups, out) + (0 if bias is None else bias - bias)
+    w = w.transpose(1, 2)
+    if shift is not None:
         padded = cols.new_ones(groups, n, out_h * out_w, taps + 1)
         padded[..., :taps] = cols
-        cols, w = padded, torch.cat([w, bias.unsqueeze(1)], dim=1)
+        cols, w = padded, torch.cat([w, shift.unsqueeze(1)], dim=1)
     h = torch.bmm(cols.reshape(groups, n * out_h * out_w, -1), w)
     h = h.view(groups, n, out_h, out_w, out).permute(1, 2, 3, 0, 4)
     return h.reshape(n, out_h, out_w, groups * out).permute(0, 3, 1, 2)
