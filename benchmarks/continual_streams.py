@@ -51,6 +51,13 @@ from lifelong.continual.protocols import PROTOCOLS, StreamResult, run_protocol
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_GRID = (0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
+PUBLISHED = {
+    "continual-omniglot": {  # at 600 classes, as reported by Beaulieu et al. 2020
+        "OML (published)": (600, 0.182),
+        "ANML (published)": (600, 0.638),
+        "i.i.d. oracle (published)": (600, 0.71),
+    }
+}
 
 
 def select_lr(
@@ -159,7 +166,9 @@ def main() -> None:
         )
         # written after every entry, so that a long benchmark keeps what it measured
         out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    plot_results([e["summary"] for e in entries], out.with_suffix(".png"))
+    plot_results(
+        [e["summary"] for e in entries], out.with_suffix(".png"), PUBLISHED.get(args.protocol)
+    )
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
 
 

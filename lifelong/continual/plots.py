@@ -22,9 +22,14 @@ from typing import Any
 import torch
 
 
-def plot_results(summaries: Sequence[dict[str, Any]], path: str | Path) -> Path:
+def plot_results(
+    summaries: Sequence[dict[str, Any]],
+    path: str | Path,
+    references: dict[str, tuple[float, float]] | None = None,
+) -> Path:
     """Write the curves and the accuracy-matrix heatmaps of stream results (their summaries,
-    one protocol) to ``path`` (PNG); returns the path."""
+    one protocol) to ``path`` (PNG); returns the path. ``references``: published results to
+    mark on the curve panel, ``{label: (classes, metric)}`` (accuracy as a fraction)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -49,6 +54,8 @@ def plot_results(summaries: Sequence[dict[str, Any]], path: str | Path) -> Path:
         label = f"{summary['learner']} ({summary['seeds']} seeds)"
         curve.plot(x, scale * mean, marker="o", markersize=3, label=label)
         curve.fill_between(x, scale * (mean - ci), scale * (mean + ci), alpha=0.2)
+    for label, (x_ref, y_ref) in (references or {}).items():
+        curve.plot([x_ref], [scale * y_ref], marker="*", markersize=10, linestyle="", label=label)
     unit = "functions" if metric == "mse" else "classes"
     curve.set(
         xlabel=f"{unit} learned",
