@@ -101,6 +101,11 @@ VARIANT_OPTIONS = [
 def test_fast_path_equals_reference_loop(options: dict, kind: str) -> None:
     batch = episodes(kind, tasks=5)
     reference = MAML(tiny(kind), inner_lr=0.3, inner_steps=3, fast=False, **options)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # distinct learned rates and step weights, to catch mix-ups
+        for rates in (reference.inner_lrs or {}).values():
+            rates.mul_(torch.rand(rates.shape, generator=g, dtype=rates.dtype) + 0.5)
+        reference.step_weights.copy_(torch.tensor([0.2, 0.3, 0.5]))
     loss, metric, grads = meta_gradient(reference, batch)
     assert reference.fast_forward is None
     for task_chunk, workers in [(None, 1), (1, 2), (2, 2), (5, 1)]:

@@ -13,23 +13,27 @@ adapted ``theta'_i`` of each task. Two implementations of one signature, ``forwa
   (same operations, same batch-norm statistics per task), only arranged to be cheaper:
 
   * activations are ``[n, G*C, H, W]`` in ``channels_last``: the tasks' channels side by side,
-    so one native ``batch_norm`` gives every task its own statistics, and convolutions with
-    per-task weights are grouped convolutions (``groups=G``);
-  * the first convolution (few input channels, where oneDNN is slowest) is an ``unfold`` and a
-    batched matrix product;
+    so one batch norm gives every task its own statistics, and convolutions with per-task
+    weights are grouped convolutions (``groups=G``);
+  * the first convolution (few input channels, where oneDNN is slowest) and the batch norm
+    after it are one matrix product of the image patches: the statistics of a linear map of
+    the patches follow from the patches' small covariance matrix (:func:`_first_conv`), so the
+    largest activations (64 x 28 x 28 per image) are never read for statistics, normalised or
+    differentiated through batch norm;
   * ``MaxPool2d(2)`` runs before the ``ReLU`` it follows (they commute: both are monotone), so the
     ReLU and its derivatives touch a quarter of the values;
   * linear layers with per-task weights are batched matrix products;
-  * batch norm is :class:`_BatchNorm`: native forward and backward, and a double backward
-    (second-order MAML differentiates the support pass's backward) derived by hand, a few
-    fused passes instead of native batch norm's several dozen full-size operations; with 5
-    shots this took a second-order meta-iteration from 8.3 s to 3.9 s on one core.
+  * the other batch norms are :class:`_BatchNorm`: native forward and backward, and a double
+    backward (second-order MAML differentiates the support pass's backward) derived by hand:
+    a few fused passes instead of native batch norm's several dozen full-size operations.
 
-Measured on 2 CPU cores (``benchmarks/maml_speed.py``), one task per group (``G = 1``) is the
-fastest for Conv-4: the task's activations stay in cache, while 32 tasks side by side do not
-(the memory-bound batch-norm passes then run from RAM). No ``vmap``: native batch norm's double
-backward under ``vmap`` was measured wrong; here it is exact (checked against the reference
-and finite differences in ``tests/test_maml.py``).
+Measured on 2 CPU cores (``benchmarks/maml_speed.py``, one core, under load): the first
+convolution + batch norm fusion took a second-order Omniglot meta-iteration from 4.2 s to
+3.0 s, the batch-norm double backward a 5-shot one from 8.3 s to 3.9 s. One task per group
+(``G = 1``) is the fastest for Conv-4 on the CPU: the task's activations stay in cache, while
+32 tasks side by side do not. No ``vmap``: native batch norm's double backward under ``vmap``
+was measured wrong; everything here is checked against the reference and against finite
+differences in ``tests/test_maml.py``.
 
 Example:
     >>> model = Conv4(1, 28, out_features=5, track_running_stats=False)

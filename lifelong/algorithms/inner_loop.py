@@ -19,7 +19,7 @@ predictions are *transductive* (a query's output depends on the other queries of
 
 On the fast path, :meth:`InnerLoopLearner.meta_loss` differentiates each task group as soon
 as its loss is computed and adds up the meta-gradient ``g``: only one task group's graph is
-alive at a time (about 160 MB instead of 2 GB for 32 Omniglot tasks) and its activations are
+alive at a time (about 100 MB instead of 2 GB for 32 Omniglot tasks) and its activations are
 still in cache. It returns ``value + sum(p * g) - sum(p * g).detach()``, which has the exact
 value and gradient for ``loss.backward()`` (only second derivatives *of the meta-loss* are
 lost). On the CPU the tasks are shared out to ``workers`` threads (by default as many as
