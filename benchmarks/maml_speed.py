@@ -35,8 +35,6 @@ Writes ``benchmarks/results/maml_speed.json``.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import json
 import os
 import platform
@@ -51,24 +49,17 @@ from pathlib import Path
 import torch
 
 from lifelong.algorithms.maml import MAML
+from lifelong.allocator import keep_freed_memory
 from lifelong.data.episodes import EpisodeBatch
 from lifelong.models.conv4 import Conv4
 
 HERE = Path(__file__).resolve().parent
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc <malloc.h>
 WAYS, SHOTS, QUERIES, META_BATCH = 5, 1, 15, 32
 VARIANTS = {
     "loop": {"fast": False},
     "fast": {},
     "fast_1worker": {"workers": 1},
 }
-
-
-def keep_freed_memory() -> None:
-    """glibc only: serve every block from the heap and never give freed memory back."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    if libc.mallopt(M_MMAP_MAX, 0) != 1 or libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) != 1:
-        raise RuntimeError("mallopt failed (not glibc?)")
 
 
 def cpu_model() -> str:
@@ -165,8 +156,8 @@ def main() -> None:
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "maml_speed.json")
     args = parser.parse_args()
-    if args.allocator == "keep":
-        keep_freed_memory()
+    if args.allocator == "keep" and not keep_freed_memory():
+        raise SystemExit(f"--allocator {args.allocator} needs glibc (Linux)")
     torch.set_num_threads(args.threads)
     if args.memory_of:
         peak_memory(args.memory_of)

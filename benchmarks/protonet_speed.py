@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import ctypes.util
 import json
 import os
 import platform
@@ -44,19 +42,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from lifelong.allocator import keep_freed_memory
+
 HERE = Path(__file__).resolve().parent
 WAYS, SHOTS, QUERIES = 60, 5, 5
 VARIANTS = ("naive", "library", "library_nchw", "library_inplace", "library_bf16")
 ALLOCATORS = ("default", "no-mmap", "thp")
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc <malloc.h>
-
-
-def keep_freed_memory() -> None:
-    """glibc only: serve every block from the heap and never give freed memory back, so a
-    step re-uses the pages of the previous step instead of faulting in fresh ones."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    if libc.mallopt(M_MMAP_MAX, 0) != 1 or libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) != 1:
-        raise RuntimeError("mallopt failed (not glibc?)")
 
 
 def cpu_model() -> str:
@@ -145,8 +136,8 @@ def measure(variants: list[str], rounds: int, warmup: int) -> dict:
 
 def child(args: argparse.Namespace) -> None:
     """Measure in this process (its allocator was set up by the parent or just now)."""
-    if args.allocator == "no-mmap":
-        keep_freed_memory()
+    if args.allocator == "no-mmap" and not keep_freed_memory():
+        raise SystemExit(f"--allocator {args.allocator} needs glibc (Linux)")
     import torch
 
     if args.threads[0]:

@@ -166,6 +166,8 @@ def check_config(cfg: RunConfig, facts: DataFacts) -> None:
                 f"{cfg.algorithm} solves classification tasks, but {cfg.dataset} is a regression "
                 f"dataset: use one of {', '.join(FIXED_HEAD)}"
             )
+        if cfg.train_split != "train":
+            raise ConfigError(f"{cfg.dataset} tasks are generated: it has no {cfg.train_split}")
         if cfg.backbone != "mlp":
             raise ConfigError(
                 f"backbone {cfg.backbone} needs images, but {cfg.dataset} has 1-d inputs: "
@@ -187,10 +189,26 @@ def check_config(cfg: RunConfig, facts: DataFacts) -> None:
                 f"{cfg.algorithm} ends in a {cfg.ways}-way head (--ways {cfg.ways}), so it cannot "
                 f"be tested on {test_ways}-way tasks: train with --ways {test_ways}"
             )
+    maml_only = [name for name in ("per_step_lr", "multi_step_loss") if getattr(cfg, name)]
+    if maml_only and cfg.algorithm not in MAML_VARIANTS:
+        raise ConfigError(
+            f"{maml_only[0]} is a MAML++ option of {', '.join(MAML_VARIANTS)}, "
+            f"not of {cfg.algorithm}"
+        )
+    if cfg.precision != "float32" and cfg.algorithm not in CLASSIFIERS:
+        raise ConfigError(
+            f"precision {cfg.precision} applies to {' and '.join(CLASSIFIERS)}, "
+            f"not to {cfg.algorithm}"
+        )
+    if facts.classes is not None and cfg.train_split not in facts.classes:
+        raise ConfigError(
+            f"--train-split {cfg.train_split}: {cfg.dataset} has no such split; "
+            f"its splits are {', '.join(facts.classes)}"
+        )
     for split, count in (facts.classes or {}).items():
         ways = cfg.episode_shape(split)[0]
-        if split in ("train", "val", "test") and ways > count:
-            flag = "--ways" if split == "train" else "--test-ways"
+        if split in (cfg.train_split, "val", "test") and ways > count:
+            flag = "--ways" if split == cfg.train_split else "--test-ways"
             raise ConfigError(
                 f"{flag} {ways} is more than the {count} classes of split {split!r} "
                 f"of {cfg.dataset}"
@@ -247,17 +265,20 @@ def build_algorithm(cfg: RunConfig, facts: DataFacts) -> Algorithm:
         evaluation = {"eval_inner_steps": cfg.eval_inner_steps, "regression": facts.regression}
         if cfg.algorithm == "reptile":
             return Reptile(model, **inner, **evaluation)
-        return MAML(model, **inner, **evaluation, **MAML_VARIANTS[cfg.algorithm])
+        maml_plus_plus = {"per_step_lr": cfg.per_step_lr, "multi_step_loss": cfg.multi_step_loss}
+        return MAML(model, **inner, **evaluation, **maml_plus_plus, **MAML_VARIANTS[cfg.algorithm])
     if cfg.algorithm == "oml":
         return build_oml(cfg, facts)
     encoder = build_model(cfg, facts, None)
+    layout = {"channels_last": cfg.channels_last, "precision": cfg.precision}
     if cfg.algorithm == "protonet":
         return ProtoNet(
-            encoder, distance=cfg.distance, p=cfg.distance_p, temperature=cfg.temperature
+            encoder, distance=cfg.distance, p=cfg.distance_p, temperature=cfg.temperature, **layout
         )
     head = {"head_lr": cfg.inner_lr, "head_steps": cfg.eval_inner_steps or cfg.inner_steps}
     head = {k: v for k, v in head.items() if v is not None}
-    return FineTune(encoder, num_classes=(facts.classes or {}).get("train", 0), **head)
+    classes = (facts.classes or {}).get(cfg.train_split, 0)
+    return FineTune(encoder, num_classes=classes, **head, **layout)
 
 
 def resolve_device(name: str) -> torch.device:

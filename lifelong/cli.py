@@ -108,6 +108,10 @@ def train(
         list[str] | None,
         typer.Option(help="Loader option KEY=VALUE, repeatable (strokes: classes=200)."),
     ] = None,
+    train_split: Annotated[
+        str | None,
+        typer.Option(help="Meta-train on train, or trainval (no validation then)."),
+    ] = None,
     ways: Annotated[
         int | None, typer.Option("--ways", "-n", help="Classes per training episode.")
     ] = None,
@@ -144,6 +148,16 @@ def train(
     eval_inner_steps: Annotated[
         int | None, typer.Option(help="Inner-loop steps at test time.")
     ] = None,
+    per_step_lr: Annotated[
+        bool | None,
+        typer.Option("--per-step-lr/--no-per-step-lr", help="MAML++: learned rate per step."),
+    ] = None,
+    multi_step_loss: Annotated[
+        bool | None,
+        typer.Option(
+            "--multi-step-loss/--no-multi-step-loss", help="MAML++: query loss after each step."
+        ),
+    ] = None,
     backbone: Annotated[str | None, typer.Option(help="conv4, resnet12 or mlp.")] = None,
     hidden: Annotated[
         str | None, typer.Option(help="conv4: filters (64); mlp: widths, e.g. 40,40.")
@@ -160,6 +174,16 @@ def train(
     temperature: Annotated[
         float | None, typer.Option(help="ProtoNet: logits are -distance / temperature.")
     ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(help="ProtoNet/finetune encoder dtype: float32, bfloat16, float16."),
+    ] = None,
+    channels_last: Annotated[
+        bool | None,
+        typer.Option(
+            "--channels-last/--no-channels-last", help="ProtoNet/finetune encoder layout."
+        ),
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     deterministic: Annotated[
@@ -173,6 +197,10 @@ def train(
     ] = None,
     checkpoint_every: Annotated[
         int | None, typer.Option(help="Checkpoint every N iterations.")
+    ] = None,
+    time_limit: Annotated[
+        float | None,
+        typer.Option(help="Stop after this many minutes (checkpoint and validation first)."),
     ] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder.")] = None,
     config: Annotated[
@@ -440,10 +468,10 @@ def demo(
             shutil.rmtree(run_dir)  # the demo's own earlier run
         cfg = RunConfig(
             **run.options, seed=seed, iterations=10**9, val_every=200, val_episodes=40,
-            checkpoint_every=10**9, out=str(run_dir),
+            checkpoint_every=10**9, time_limit=run.share * minutes, out=str(run_dir),
         )  # fmt: skip
         typer.echo(f"{run.method} on {cfg.dataset}: {run.share * minutes:.1f} min", err=True)
-        trained = train_run(cfg, time_budget=run.share * minutes * 60)
+        trained = train_run(cfg)
         result = evaluate_run(run_dir, episodes=episodes, seed=seed)
         rows.append((run.method, cfg.dataset, trained.step, result))
     table = [("method", "task", "iterations", "test result (mean ± 95% CI)")]

@@ -24,17 +24,22 @@ from typing import Any
 
 import yaml
 
+from lifelong.algorithms.protonet import PRECISIONS
+
 ALGORITHMS = ("maml", "fomaml", "anil", "metasgd", "reptile", "protonet", "finetune", "oml")
 BACKBONES = ("conv4", "resnet12", "mlp")
 SCHEDULES = ("none", "cosine", "step")
 DEVICES = ("auto", "cpu", "cuda")
 DISTANCES = ("sqeuclidean", "euclidean", "lp", "cosine")
+TRAIN_SPLITS = ("train", "trainval")
 CHOICES = {
     "algorithm": ALGORITHMS,
     "backbone": BACKBONES,
     "lr_schedule": SCHEDULES,
     "device": DEVICES,
     "distance": DISTANCES,
+    "precision": PRECISIONS,
+    "train_split": TRAIN_SPLITS,
 }
 POSITIVE = (
     "ways",
@@ -59,6 +64,7 @@ POSITIVE = (
     "checkpoint_every",
     "distance_p",
     "temperature",
+    "time_limit",
 )
 
 
@@ -81,6 +87,9 @@ class RunConfig:
         image_size: image height = width in pixels.
         dataset_options: any further keyword arguments of the dataset's loader, e.g.
             ``{"classes": 200, "per_class": 10}`` for strokes.
+        train_split: the split meta-trained on: ``train``, or ``trainval`` (train and
+            validation classes together, as Snell et al. 2017 do for their final Omniglot
+            models; there is then no held-out validation, and the last checkpoint is used).
 
     Episodes (Vinyals et al. 2016): ``ways`` classes, ``shots`` support and ``queries`` query
     examples per class; the ``test_*`` values (default: the training ones) are used for
@@ -92,18 +101,23 @@ class RunConfig:
     ``grad_clip``.
 
     Inner loop (MAML family, Reptile; FineTune's head fitting): ``inner_lr``, ``inner_steps``
-    while meta-training and ``eval_inner_steps`` at test time.
+    while meta-training and ``eval_inner_steps`` at test time; MAML++ (Antoniou et al. 2019):
+    ``per_step_lr`` (a learned inner learning rate per step and parameter tensor) and
+    ``multi_step_loss`` (the query loss after every inner step, weighted).
 
     Model: ``backbone`` (``conv4``, ``resnet12``, ``mlp``), ``hidden`` (Conv-4: one number of
     filters; MLP: the hidden widths), ``strided`` (MAML's stride-2 Conv-4), ``distance``,
-    ``distance_p`` and ``temperature`` (ProtoNet: logits ``-d / temperature``).
+    ``distance_p`` and ``temperature`` (ProtoNet: logits ``-d / temperature``), ``precision``
+    (ProtoNet: the encoder's autocast dtype, ``float32``, ``bfloat16`` or ``float16``) and
+    ``channels_last`` (ProtoNet: the encoder's memory layout).
 
     Run: ``seed``, ``device`` (``auto``, ``cpu``, ``cuda``), ``deterministic`` (PyTorch's
     deterministic algorithms, so that a resumed CUDA run repeats an uninterrupted one exactly;
     on the CPU runs are reproducible without it), validation every ``val_every``
     iterations on ``val_episodes`` fixed episodes, ``test_episodes`` for ``lifelong evaluate``
     (default 1000, 600 on miniImageNet), a checkpoint every ``checkpoint_every`` iterations,
-    the run folder ``out``.
+    the run folder ``out``, and ``time_limit``: stop (with a checkpoint and a validation)
+    after this many minutes of training, even before ``iterations``.
     """
 
     algorithm: str = "protonet"
@@ -113,6 +127,7 @@ class RunConfig:
     rotations: bool | None = None
     image_size: int | None = None
     dataset_options: dict[str, Any] | None = None
+    train_split: str = "train"
     ways: int = 5
     shots: int = 1
     queries: int = 15
@@ -129,12 +144,16 @@ class RunConfig:
     inner_lr: float | None = None
     inner_steps: int | None = None
     eval_inner_steps: int | None = None
+    per_step_lr: bool = False
+    multi_step_loss: bool = False
     backbone: str = "conv4"
     hidden: tuple[int, ...] | None = None
     strided: bool = False
     distance: str = "sqeuclidean"
     distance_p: float = 2.0
     temperature: float = 1.0
+    precision: str = "float32"
+    channels_last: bool = True
     seed: int = 0
     device: str = "auto"
     deterministic: bool = False
@@ -142,6 +161,7 @@ class RunConfig:
     val_episodes: int = 200
     test_episodes: int | None = None
     checkpoint_every: int = 500
+    time_limit: float | None = None
     out: str | None = None
 
     def __post_init__(self) -> None:
@@ -163,8 +183,9 @@ class RunConfig:
     # ------------------------------------------------------------------ derived values
     def episode_shape(self, split: str) -> tuple[int, int, int]:
         """``(ways, shots, queries)`` of the episodes of ``split``: the training shape for
-        ``"train"``, the ``test_*`` shape (default: the training one) for the other splits."""
-        if split == "train":
+        ``"train"`` and ``train_split``, the ``test_*`` shape (default: the training one) for
+        the other splits."""
+        if split in ("train", self.train_split):
             return self.ways, self.shots, self.queries
         return (
             self.test_ways or self.ways,

@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from lifelong import __version__
 from lifelong.algorithms.base import Algorithm
+from lifelong.allocator import keep_freed_memory
 from lifelong.build import DataFacts, build_algorithm, load_data, resolve_device
 from lifelong.checkpoint import (
     has_checkpoint,
@@ -51,7 +52,15 @@ from lifelong.checkpoint import (
 from lifelong.config import ConfigError, RunConfig, atomic_write
 from lifelong.evaluate import EpisodeSet, Evaluation, evaluate
 
-RESUMABLE = ("iterations", "device", "data_root", "out", "checkpoint_every", "val_every")
+RESUMABLE = (
+    "iterations",
+    "device",
+    "data_root",
+    "out",
+    "checkpoint_every",
+    "val_every",
+    "time_limit",
+)
 """Options that may change when a run is resumed; all others must match the saved run."""
 
 
@@ -147,8 +156,8 @@ class Trainer:
         facts: the data facts saved with each checkpoint (so the run can be rebuilt).
         validation: fixed validation episodes, or ``None`` for no validation.
         device: where the algorithm and the batches live.
-        progress: show a tqdm progress bar (loss, metric, it/s) on stderr.
-        time_budget: stop (with a checkpoint) after this many seconds; used by the demo.
+        progress: show a tqdm progress bar (loss, metric, it/s) on stderr; it counts
+            iterations, or seconds when ``config.time_limit`` is expected to end the run first.
     """
 
     def __init__(
@@ -161,13 +170,13 @@ class Trainer:
         validation: EpisodeSet | None = None,
         device: torch.device | str = "cpu",
         progress: bool = True,
-        time_budget: float | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.algorithm = algorithm.to(self.device).train()
         self.config, self.sampler, self.facts = config, sampler, facts
         self.run_dir = Path(run_dir)
-        self.validation, self.progress, self.time_budget = validation, progress, time_budget
+        self.validation, self.progress = validation, progress
+        self.time_budget = None if config.time_limit is None else config.time_limit * 60
         self.optimizer = torch.optim.Adam(self.algorithm.parameters(), lr=config.meta_lr)
         self.scheduler = LambdaLR(self.optimizer, lr_factor(config))
         self.step = 0
@@ -251,14 +260,8 @@ class Trainer:
         cfg = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
         log = MetricsLog(self.run_dir, keep_until=self.step)
-        bar = tqdm(
-            total=cfg.iterations,
-            initial=self.step,
-            disable=not self.progress,
-            unit="it",
-            dynamic_ncols=True,
-            desc=f"{cfg.algorithm} {cfg.dataset}",
-        )
+        description = f"{cfg.algorithm} {cfg.dataset}"
+        bar = ProgressBar(cfg.iterations, self.step, self.time_budget, description, self.progress)
         metric_name = "mse" if self.algorithm.regression else "acc"
         started, stopped_early, val = time.monotonic(), False, None
         try:
@@ -280,8 +283,7 @@ class Trainer:
                 postfix = {"loss": f"{loss:.4f}", metric_name: f"{metric:.4f}"}
                 if val is not None:
                     postfix["val"] = f"{val.mean:.4f}"
-                bar.set_postfix(postfix, refresh=False)
-                bar.update()
+                bar.advance(self.step, time.monotonic() - started, postfix)
                 if out_of_time:
                     stopped_early = True
                     break
@@ -289,6 +291,51 @@ class Trainer:
             bar.close()
             log.close()
         return TrainResult(self.run_dir, self.step, self.best_metric, self.best_step, stopped_early)
+
+
+class ProgressBar:
+    """A tqdm bar over the iterations, or over the seconds of the time limit when that limit
+    is the one expected to end the run (``iterations`` is then only an upper bound): the
+    demo, or a run given ``time_limit`` minutes for more iterations than fit."""
+
+    def __init__(
+        self,
+        iterations: int,
+        start: int,
+        time_budget: float | None,
+        description: str,
+        enabled: bool = True,
+    ) -> None:
+        self.iterations, self.start, self.time_budget = iterations, start, time_budget
+        self.description, self.enabled = description, enabled
+        self.by_time = False
+        self._bar: tqdm | None = None
+
+    def _open(self, step: int, elapsed: float) -> tqdm:
+        """Opened at the first step, when the rate of iterations can be estimated."""
+        if self.time_budget is not None:
+            rate = (step - self.start) / max(elapsed, 1e-9)
+            self.by_time = self.start + rate * self.time_budget < self.iterations
+        common = {"disable": not self.enabled, "dynamic_ncols": True, "desc": self.description}
+        if self.by_time:
+            fmt = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s{postfix}"
+            return tqdm(total=self.time_budget, bar_format=fmt, **common)
+        return tqdm(total=self.iterations, initial=self.start, unit="it", **common)
+
+    def advance(self, step: int, elapsed: float, postfix: dict[str, str]) -> None:
+        """Show iteration ``step`` reached after ``elapsed`` seconds of this session."""
+        if self._bar is None:
+            self._bar = self._open(step, elapsed)
+        if self.by_time:
+            self._bar.set_postfix({"it": step, **postfix}, refresh=False)
+            self._bar.update(min(elapsed, self._bar.total) - self._bar.n)
+        else:
+            self._bar.set_postfix(postfix, refresh=False)
+            self._bar.update(step - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 def check_resumable(saved: RunConfig, config: RunConfig) -> None:
@@ -305,7 +352,6 @@ def train(
     config: RunConfig,
     resume: bool = False,
     progress: bool = True,
-    time_budget: float | None = None,
 ) -> TrainResult:
     """Meta-train the run described by ``config`` into ``config.out``.
 
@@ -331,7 +377,10 @@ def train(
     data = load_data(config)
     algorithm = build_algorithm(config, data.facts)
     device = resolve_device(config.device)
-    has_val = data.splits is None or "val" in data.splits
+    if device.type == "cpu":
+        keep_freed_memory()  # re-use pages between steps (see lifelong.allocator)
+    # training on trainval leaves no held-out classes to validate on
+    has_val = data.splits is None or ("val" in data.splits and config.train_split == "train")
     validation = (
         data.sampler("val", seed=config.seed).fixed(config.val_episodes, seed=config.seed)
         if has_val
@@ -340,13 +389,12 @@ def train(
     trainer = Trainer(
         algorithm,
         config,
-        data.sampler("train", seed=config.seed),
+        data.sampler(config.train_split, seed=config.seed),
         run_dir,
         data.facts,
         validation,
         device,
         progress,
-        time_budget,
     )
     if state is not None:
         trainer.load_state_dict(state)

@@ -14,13 +14,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from lifelong.algorithms.base import Algorithm, MetaLoss
-from lifelong.build import DataFacts
+from lifelong.build import DataFacts, _load_splits
 from lifelong.checkpoint import load_checkpoint
 from lifelong.config import ALGORITHMS, ConfigError, RunConfig
 from lifelong.data.classes import ClassDataset, ClassInfo
 from lifelong.data.episodes import EpisodeSampler
+from lifelong.data.registry import load_dataset
 from lifelong.evaluate import evaluate_run
 from lifelong.train import (
+    ProgressBar,
     Trainer,
     TrainingDiverged,
     check_resumable,
@@ -220,3 +222,56 @@ def test_deterministic_mode_trains(algorithm, tmp_path):
         assert torch.are_deterministic_algorithms_enabled()
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def test_time_limit_stops_with_a_validation_and_a_checkpoint(tmp_path):
+    trainer = make_trainer(tmp_path, 10**6, time_limit=1e-9)  # out of time after one step
+    result = trainer.fit()
+    assert result.step == 1 and result.stopped_early
+    assert load_checkpoint(tmp_path, "last")["step"] == 1
+    assert load_checkpoint(tmp_path, "best")["step"] == 1
+
+
+@pytest.mark.parametrize(
+    ("iterations", "budget", "by_time"), [(10**9, 60.0, True), (3, 60.0, False), (10, None, False)]
+)
+def test_the_progress_bar_counts_seconds_when_the_time_limit_ends_the_run(
+    iterations, budget, by_time
+):
+    bar = ProgressBar(iterations, 0, budget, "test")  # drawn on the captured stderr
+    bar.advance(1, 0.5, {"loss": "1.0"})  # 2 iterations per second
+    bar.advance(2, 1.0, {"loss": "0.9"})
+    assert bar.by_time is by_time
+    assert bar._bar is not None and bar._bar.total == (budget if by_time else iterations)
+    assert bar._bar.n == (1.0 if by_time else 2)
+    bar.close()
+
+
+def test_training_on_trainval_samples_its_classes_and_skips_validation(tmp_path, monkeypatch):
+    def with_trainval(name, root=None, **options):  # Omniglot's layout: train + val = trainval
+        splits = load_dataset(name, root=root, **options)
+        return {**splits, "train": splits["train"].subset(range(10)), "trainval": splits["train"]}
+
+    monkeypatch.setattr("lifelong.build.load_dataset", with_trainval)
+    _load_splits.cache_clear()
+    cfg = RunConfig(algorithm="finetune", iterations=2, train_split="trainval",
+                    out=str(tmp_path), **STROKES)  # fmt: skip
+    try:
+        result = train(cfg, progress=False)
+        assert result.step == 2 and result.best_metric is None  # nothing held out to validate
+        state = load_checkpoint(tmp_path, "last")
+        assert state["algorithm"]["classifier.weight"].shape[0] == 20  # every trainval class
+        assert evaluate_run(tmp_path, episodes=2).episodes == 2
+    finally:
+        _load_splits.cache_clear()
+
+
+def test_options_of_other_algorithms_are_refused(tmp_path):
+    for options, message in [
+        ({"algorithm": "protonet", "per_step_lr": True}, "per_step_lr is a MAML\\+\\+ option"),
+        ({"algorithm": "maml", "precision": "bfloat16"}, "precision bfloat16 applies to"),
+        ({"algorithm": "protonet", "train_split": "trainval"}, "has no such split"),
+    ]:
+        cfg = RunConfig(**{**STROKES, **options}, iterations=1, out=str(tmp_path))
+        with pytest.raises(ConfigError, match=message):
+            train(cfg, progress=False)
