@@ -50,7 +50,6 @@ POSITIVE = (
     "test_queries",
     "meta_batch",
     "iterations",
-    "inner_steps",
     "eval_inner_steps",
     "meta_lr",
     "inner_lr",
@@ -66,6 +65,9 @@ POSITIVE = (
     "temperature",
     "time_limit",
 )
+NON_NEGATIVE = ("inner_steps",)
+"""``inner_steps: 0`` meta-trains without adaptation: joint training on all tasks, the
+pre-training baseline of Finn et al. 2017, section 5.1."""
 
 
 class ConfigError(ValueError):
@@ -177,6 +179,10 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{name} must be positive, got {value!r}")
+        for name in NON_NEGATIVE:
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"{name} must be 0 or more, got {value!r}")
         if self.hidden is not None and (not self.hidden or min(self.hidden) < 1):
             raise ConfigError(f"hidden must be positive widths, got {self.hidden!r}")
 

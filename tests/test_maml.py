@@ -12,6 +12,8 @@ from torch.func import functional_call
 
 from lifelong.algorithms.functional import TaskForward, _BatchNorm
 from lifelong.algorithms.maml import MAML, MAML_VARIANTS, build_maml
+from lifelong.algorithms.reptile import Reptile
+from lifelong.config import ConfigError, RunConfig
 from lifelong.data.episodes import EpisodeBatch
 from lifelong.data.sinusoid import SinusoidSampler
 from lifelong.models.conv4 import Conv4
@@ -276,12 +278,42 @@ def test_invalid_settings_are_named() -> None:
     tracked = Conv4(1, 16, out_features=WAYS, hidden=4, track_running_stats=True)
     with pytest.raises(ValueError, match=r"'features\.0\.1' tracks running statistics"):
         MAML(tracked)
-    with pytest.raises(ValueError, match="inner_steps must be a positive integer, got 0"):
-        MAML(tiny("mlp"), inner_steps=0)
+    with pytest.raises(ValueError, match="inner_steps must be an integer >= 0 for MAML, got -1"):
+        MAML(tiny("mlp"), inner_steps=-1)
+    with pytest.raises(ValueError, match="per_step_lr and multi_step_loss need inner steps"):
+        MAML(tiny("mlp"), inner_steps=0, multi_step_loss=True)
+    with pytest.raises(ValueError, match="inner_steps must be an integer >= 1 for Reptile, got 0"):
+        Reptile(tiny("mlp"), inner_steps=0)  # no step: theta' = theta, no update
     with pytest.raises(ValueError, match="adapt must be 'all' or 'head', got 'body'"):
         MAML(tiny("mlp"), adapt="body")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="needs a model with a `head`"):
         MAML(nn.Sequential(nn.Linear(2, 2)), adapt="head")
+
+
+@pytest.mark.parametrize("fast", [False, True])
+@pytest.mark.parametrize("kind", ["conv", "mlp"])
+def test_zero_training_steps_give_the_gradient_of_the_plain_query_loss(
+    kind: str, fast: bool
+) -> None:
+    """``inner_steps=0`` is joint training on all tasks (the pre-training baseline of Finn et
+    al. 2017, section 5.1); test-time adaptation still takes ``eval_inner_steps`` steps."""
+    batch = episodes(kind)
+    maml = MAML(tiny(kind), inner_lr=0.3, inner_steps=0, eval_inner_steps=2, fast=fast)
+    loss, _, grads = meta_gradient(maml, batch)
+    model = maml.model
+    plain = sum(
+        F.cross_entropy(model(batch.query_x[i]), batch.query_y[i]) for i in range(len(batch))
+    ) / len(batch)
+    expected = torch.autograd.grad(plain, list(model.parameters()))
+    assert loss == pytest.approx(plain.item(), rel=1e-12)
+    assert len(grads) == len(expected)
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want)
+    adapted = maml.adapt(batch.support_x[0], batch.support_y[0], WAYS)(batch.query_x[0])
+    assert not torch.allclose(adapted, model(batch.query_x[0]))  # two steps at test time
+    assert RunConfig(algorithm="maml", inner_steps=0).inner_steps == 0
+    with pytest.raises(ConfigError, match="inner_steps must be 0 or more, got -1"):
+        RunConfig(algorithm="maml", inner_steps=-1)
 
 
 def test_meta_training_learns_sinusoids() -> None:

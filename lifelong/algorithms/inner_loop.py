@@ -135,6 +135,9 @@ class InnerLoopLearner(Algorithm):
     Subclasses implement :meth:`group_loss`.
     """
 
+    min_inner_steps = 1
+    """The fewest inner steps meta-training may take (MAML: 0, joint training)."""
+
     def __init__(
         self,
         model: nn.Module,
@@ -150,8 +153,11 @@ class InnerLoopLearner(Algorithm):
         super().__init__()
         if not inner_lr > 0:
             raise ValueError(f"inner_lr must be positive, got {inner_lr}")
-        if not isinstance(inner_steps, int) or inner_steps < 1:
-            raise ValueError(f"inner_steps must be a positive integer, got {inner_steps!r}")
+        if not isinstance(inner_steps, int) or inner_steps < self.min_inner_steps:
+            raise ValueError(
+                f"inner_steps must be an integer >= {self.min_inner_steps} for "
+                f"{type(self).__name__}, got {inner_steps!r}"
+            )
         eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
         if not isinstance(eval_inner_steps, int) or eval_inner_steps < 0:
             raise ValueError(

@@ -58,10 +58,14 @@ MAML_VARIANTS: dict[str, dict[str, Any]] = {
 class MAML(InnerLoopLearner):
     """Model-Agnostic Meta-Learning and its variants (module doc).
 
+    With ``inner_steps=0`` the meta-loss is the query loss at theta itself: plain training on
+    all tasks jointly, the "pretrained" baseline of Finn et al. 2017 (section 5.1), which then
+    adapts with ``eval_inner_steps`` gradient steps at test time.
+
     Args:
         model: the network (see :class:`~lifelong.algorithms.inner_loop.InnerLoopLearner`).
         inner_lr: inner learning rate alpha (Omniglot: 0.4; sinusoids: 0.01).
-        inner_steps: inner steps while meta-training.
+        inner_steps: inner steps while meta-training (0: none, joint training).
         eval_inner_steps: inner steps at test time (default ``inner_steps``); with
             ``per_step_lr`` the steps past the trained ones reuse the last step's rates.
         first_order: FOMAML.
@@ -76,6 +80,8 @@ class MAML(InnerLoopLearner):
         task_chunk, workers: tasks run side by side on the fast path, and threads sharing
             out the tasks on the CPU (``None``: the measured defaults).
     """
+
+    min_inner_steps = 0
 
     def __init__(
         self,
@@ -93,6 +99,11 @@ class MAML(InnerLoopLearner):
         task_chunk: int | None = None,
         workers: int | None = None,
     ) -> None:
+        if inner_steps == 0 and (per_step_lr or multi_step_loss):
+            raise ValueError(
+                "per_step_lr and multi_step_loss need inner steps while meta-training; "
+                "inner_steps is 0"
+            )
         super().__init__(
             model,
             inner_lr,
@@ -120,7 +131,7 @@ class MAML(InnerLoopLearner):
                 }
             )
         self.step_weights: Tensor
-        self.register_buffer("step_weights", torch.full((inner_steps,), 1.0 / inner_steps))
+        self.register_buffer("step_weights", torch.full((inner_steps,), 1.0 / max(inner_steps, 1)))
 
     def inner_rate(self, name: str, step: int) -> float | Tensor:
         if self.inner_lrs is None:
