@@ -29,6 +29,7 @@ import yaml
 
 from lifelong.config import RunConfig
 from lifelong.continual.cli import stream_command
+from lifelong.reproduce import reproduce_command
 
 app = typer.Typer(
     name="lifelong",
@@ -550,6 +551,18 @@ def demo_plot(out: Path, rows: list[tuple[str, str, int, Any]], seed: int) -> Pa
 
 
 app.command("stream")(clean_errors(stream_command))
+app.command("reproduce")(clean_errors(reproduce_command))
+
+# The class store (lifelong/store): learn, recognize, classes, forget, export, import, serve.
+from lifelong.store import cli as store_cli  # noqa: E402
+
+app.command("learn")(clean_errors(store_cli.learn_command))
+app.command("recognize")(clean_errors(store_cli.recognize_command))
+app.command("classes")(clean_errors(store_cli.classes_command))
+app.command("forget")(clean_errors(store_cli.forget_command))
+app.command("export")(clean_errors(store_cli.export_command))
+app.command("import")(clean_errors(store_cli.import_command))
+app.command("serve")(clean_errors(store_cli.serve_command))
 
 
 def main(argv: list[str] | None = None) -> None:
