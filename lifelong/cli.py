@@ -29,6 +29,7 @@ import yaml
 
 from lifelong.config import RunConfig
 from lifelong.continual.cli import stream_command
+from lifelong.reproduce import reproduce_command
 
 app = typer.Typer(
     name="lifelong",
@@ -550,6 +551,7 @@ def demo_plot(out: Path, rows: list[tuple[str, str, int, Any]], seed: int) -> Pa
 
 
 app.command("stream")(clean_errors(stream_command))
+app.command("reproduce")(clean_errors(reproduce_command))
 
 # The class store (lifelong/store): learn, recognize, classes, forget, export, import, serve.
 from lifelong.store import cli as store_cli  # noqa: E402

@@ -1,0 +1,228 @@
+"""The reproduction table and plot: paper against ours, from the results of `lifelong reproduce`.
+
+Reads the JSON lines that ``lifelong reproduce ROW`` appends (default
+``benchmarks/results/reproduce.jsonl``), takes the latest entry of every row, and writes
+
+* ``reproduce_table.md``: a markdown table for the README, one line per test of every row file
+  in ``configs/reproduce/`` (rows without a result say "not run"): the published value, ours
+  with its 95% confidence interval, whether ours is better, within the paper's interval or
+  worse, the iterations trained, the training wall-clock, the machine, and a reference to the
+  row's list of differences from the paper, printed under the table;
+* ``reproduce.png``: accuracy (MSE for sinusoids) against training time, one panel per task
+  (dataset and episode shape), every entry of every row (so a row run with several budgets
+  draws its curve), the published values as dashed lines of the same colour.
+
+Usage:
+    python benchmarks/reproduce_table.py [--results FILE] [--out-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from lifelong.reproduce import RESULTS, Row, describe, load_row, row_names
+
+OUT_DIR = RESULTS.parent
+DATASET_ORDER = ("omniglot", "sinusoid", "miniimagenet")
+UNCONFIRMED = "†"
+LEGEND = (
+    "Accuracy in % (sinusoids: MSE), mean ± 95% confidence interval over the test episodes "
+    "of the row file. *vs paper*: within = the two differ by less than the paper's 95% "
+    "interval (ours when the paper gives none). " + UNCONFIRMED + " = a published value not "
+    "checked against the paper itself (read off a figure, or taken from a transcription). "
+    "Iterations: trained / the paper's; *time limit* = stopped by the row's budget. "
+    "Rows are run with `lifelong reproduce ROW`."
+)
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a results file, in order (an absent file has none)."""
+    if not path.is_file():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise SystemExit(f"error: {path}:{number} is not valid JSON: {err}") from None
+    return records
+
+
+def latest(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The last record of every row."""
+    return {r["row"]: r for r in records}
+
+
+def ordered(rows: list[Row]) -> list[Row]:
+    """Rows by dataset (Omniglot, sinusoids, miniImageNet, others), then by name."""
+    rank = {name: i for i, name in enumerate(DATASET_ORDER)}
+    return sorted(rows, key=lambda r: (rank.get(r.train.dataset, len(rank)), r.name))
+
+
+def _number(value: float | None, ci95: float | None, metric: str) -> str:
+    return describe(value, ci95, metric).replace("%", "")
+
+
+def _machine(record: dict[str, Any]) -> str:
+    machine = record.get("machine") or {}
+    if "gpu" in machine:
+        return f"GPU: {machine['gpu']}"
+    return f"CPU: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores"
+
+
+def _minutes(record: dict[str, Any]) -> str:
+    seconds = record.get("train_seconds")
+    if seconds is None:
+        return "unknown"
+    limit = record.get("time_limit_minutes")
+    spent = f"{seconds / 60:.1f} min"
+    return spent if limit is None else f"{spent} (limit {limit:g})"
+
+
+def render(records: list[dict[str, Any]], rows: list[Row]) -> str:
+    """The markdown table and the differences under it."""
+    last = latest(records)
+    header = (
+        "| Row | Test | Paper | Ours | vs paper | Iterations | Training | Machine | Differs |",
+        "|---|---|---|---|---|---|---|---|---|",
+    )
+    lines, notes = list(header), []
+    for row in ordered(rows):
+        record = last.get(row.name)
+        ref = f"[{len(notes) + 1}]"
+        found = {r["name"]: r for r in record["results"]} if record else {}
+        for test in row.tests:
+            paper = test.paper
+            published = (
+                "not published"
+                if paper.value is None
+                else _number(paper.value, paper.ci95, row.metric)
+                + (UNCONFIRMED if paper.status == "unconfirmed" else "")
+            )
+            cells = [f"`{row.name}`", test.name, published]
+            result = found.get(test.name)
+            if result is None:
+                cells += ["not run", "", "", "", "", ref]
+            else:
+                iterations = f"{record['iterations']:,} / {record['planned_iterations']:,}"
+                if record.get("stopped_by_time_limit"):
+                    iterations += " (time limit)"
+                cells += [
+                    _number(result["mean"], result["ci95"], result["metric"]),
+                    result.get("verdict") or "",
+                    iterations,
+                    _minutes(record),
+                    _machine(record),
+                    ref,
+                ]
+            lines.append("| " + " | ".join(cells) + " |")
+        details = list(row.differences) + (record.get("notes", []) if record else [])
+        notes.append(f"{ref} `{row.name}` ({row.source}): " + "; ".join(details or ["none"]))
+    return "\n".join(
+        [LEGEND, "", *lines, "", "Differences from the papers:", "", *[f"- {n}" for n in notes]]
+    )
+
+
+def _task(row: Row, test_name: str) -> tuple[tuple[int, int, int], str]:
+    """The panel of a test: its place (dataset, ways, shots) and title (sinusoids: one)."""
+    setting = next(t for t in row.tests if t.name == test_name)
+    dataset = row.train.dataset
+    place = (DATASET_ORDER.index(dataset) if dataset in DATASET_ORDER else len(DATASET_ORDER),
+             setting.ways or 0, setting.shots)  # fmt: skip
+    if dataset == "sinusoid":
+        return place, f"sinusoid, {setting.shots}-shot (MSE)"
+    name = {"omniglot": "Omniglot", "miniimagenet": "miniImageNet"}.get(dataset, dataset)
+    return place, f"{name} {setting.ways or row.train.ways}-way {setting.shots}-shot"
+
+
+def _method(row: Row) -> str:
+    """The method of a row: its title up to the first comma ("MAML", "ProtoNet"...)."""
+    return row.title.split(",")[0]
+
+
+def plot(records: list[dict[str, Any]], rows: list[Row], path: Path) -> Path:
+    """Accuracy (MSE) against training minutes, one panel per task (module doc)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_name = {row.name: row for row in rows}
+    panels: dict[tuple[tuple[int, int, int], str], list[tuple[Row, str]]] = defaultdict(list)
+    for row in ordered(rows):
+        for test in row.tests:
+            panels[_task(row, test.name)].append((row, test.name))
+    names = sorted(panels)
+    columns = min(4, len(names))
+    grid = (len(names) + columns - 1) // columns
+    fig, axes = plt.subplots(grid, columns, figsize=(4.2 * columns, 3.4 * grid), squeeze=False)
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    methods = sorted({_method(row) for row in rows})
+    colours = {method: cycle[i % len(cycle)] for i, method in enumerate(methods)}
+    for ax, task in zip(axes.flat, names, strict=False):
+        regression = task[1].startswith("sinusoid")
+        scale = 1 if regression else 100
+        span = max([r.budget_minutes for r, _ in panels[task]] + [1])
+        for i, (row, test_name) in enumerate(panels[task]):
+            method = _method(row)
+            colour = cycle[i % len(cycle)] if regression else colours[method]
+            label = f"{method}, {test_name}" if regression else method
+            paper = next(t.paper for t in row.tests if t.name == test_name)
+            if paper.value is not None:
+                ax.axhline(scale * paper.value, color=colour, ls="--", lw=1)
+            points = sorted(
+                (r["train_seconds"] / 60, res["mean"], res["ci95"] or 0.0)
+                for r in records
+                if r["row"] == row.name and r.get("train_seconds") is not None
+                for res in r["results"]
+                if res["name"] == test_name
+            )
+            if points:
+                x, y, ci = zip(*points, strict=True)
+                ax.errorbar(x, [scale * v for v in y], yerr=[scale * c for c in ci], color=colour,
+                            marker="o", ms=4, capsize=3, label=label)  # fmt: skip
+                span = max(span, *x)
+            else:
+                ax.plot([], [], color=colour, ls="--", label=f"{label} (not run)")
+        ax.set_xlim(0, 1.05 * span)
+        ax.set(title=task[1], xlabel="training time (minutes)",
+               ylabel="MSE" if regression else "test accuracy (%)")  # fmt: skip
+        ax.legend(fontsize=6.5)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    unknown = sorted({r["row"] for r in records if r["row"] not in by_name})
+    note = "dashed: published values; points: ours (95% CI)"
+    if unknown:
+        note += f"; not drawn (no row file): {', '.join(unknown)}"
+    fig.suptitle(f"Reproductions: accuracy against training time ({note})", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the JSON-lines file")
+    parser.add_argument("--out-dir", type=Path, default=OUT_DIR, help="where to write")
+    args = parser.parse_args(argv)
+    records = read_records(args.results)
+    rows = [load_row(name) for name in row_names()]
+    known = {row.name for row in rows}
+    rows += [load_row(Path(r["row_file"])) for r in latest(records).values() if
+             r["row"] not in known and Path(r.get("row_file") or "-").is_file()]  # fmt: skip
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    table = args.out_dir / "reproduce_table.md"
+    table.write_text(render(records, rows) + "\n")
+    print(f"{table}\n{plot(records, rows, args.out_dir / 'reproduce.png')}")
+
+
+if __name__ == "__main__":
+    main()

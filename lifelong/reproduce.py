@@ -1,0 +1,608 @@
+"""Reproduce published results: one row file per training, tested as the paper tests it.
+
+A *row* (``configs/reproduce/<row>.yaml``) is one meta-training run of a paper's table: the
+run's settings (``train:``, any :class:`~lifelong.config.RunConfig` options), the time budget
+it runs under here (``budget_minutes``), one or more test settings (``evaluate:``), each with
+the published value it is compared with, and the ways in which our setting differs from the
+paper (``differences:``)::
+
+    row: maml-omniglot-5w1s
+    title: MAML, Omniglot 5-way 1-shot
+    source: Finn et al. 2017, Table 1
+    budget_minutes: 60
+    train: {algorithm: maml, dataset: omniglot, ways: 5, shots: 1, ...}
+    evaluate:
+      - name: 5-way 1-shot
+        ways: 5
+        shots: 1
+        queries: 1
+        episodes: 1000
+        inner_steps: 3
+        paper: {value: 0.987, ci95: 0.004, status: confirmed}
+    differences: ["Class split: ...", ...]
+
+``paper.status`` is ``confirmed`` (checked against the paper or a transcription of its
+table), ``unconfirmed`` (e.g. read off a figure) or ``not published`` (``value: null``). One row
+may carry several tests of one model: Snell et al. test the same 60-way 1-shot ProtoNet on 5-way
+and on 20-way tasks; the sinusoid rows test after 1, 5 and 10 steps.
+
+:func:`reproduce` trains the row into a run folder (resuming an interrupted one, and counting
+the time of earlier sessions against the budget), tests it on the paper's number of fixed test
+episodes (:func:`lifelong.evaluate.evaluate_run`: mean and 95% confidence interval) and appends
+one JSON line to ``benchmarks/results/reproduce.jsonl``: the row, the paper's values, ours,
+iterations, training wall-clock, time limit, machine, versions, commit and the differences.
+``benchmarks/reproduce_table.py`` turns that file into the README's table and plot.
+
+Example:
+    $ lifelong reproduce --list
+    $ lifelong reproduce maml-omniglot-5w1s --data-root /data/omniglot      # train + test
+    $ lifelong reproduce maml-omniglot-5w1s --run runs/maml-5w1s            # test a trained run
+    >>> record = reproduce(load_row("sinusoid-maml"), time_limit=5)           # doctest: +SKIP
+    >>> record["results"][2]["mean"], record["results"][2]["paper"]["value"]  # doctest: +SKIP
+    (0.36, 0.35)
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import platform
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+import typer
+import yaml
+
+from lifelong import __version__
+from lifelong.build import REGRESSION_DATASETS, load_data, load_trained, resolve_device
+from lifelong.checkpoint import has_checkpoint, load_checkpoint
+from lifelong.config import ConfigError, RunConfig, atomic_write
+from lifelong.data.registry import DATASETS
+from lifelong.evaluate import Evaluation, evaluate_run
+from lifelong.train import RESUMABLE, train
+
+ROOT = Path(__file__).resolve().parents[1]
+ROWS_DIR = ROOT / "configs" / "reproduce"
+"""The row files (of a source checkout)."""
+RESULTS = ROOT / "benchmarks" / "results" / "reproduce.jsonl"
+"""The default results file: one JSON line per reproduction."""
+RUNS = Path("runs/reproduce")
+"""The default parent of the run folders (relative to the working directory)."""
+LEDGER = "reproduce.json"
+"""The file in a run folder that counts the training sessions' wall-clock time."""
+STATUSES = ("confirmed", "unconfirmed", "not published")
+ROW_KEYS = ("row", "title", "source", "budget_minutes", "train", "evaluate", "differences")
+TEST_KEYS = ("name", "ways", "shots", "queries", "episodes", "inner_steps", "paper")
+PAPER_KEYS = ("value", "ci95", "status", "note")
+
+
+@dataclass(frozen=True)
+class PaperValue:
+    """A published result: ``value`` (accuracy as a fraction, or MSE), its 95% confidence
+    half-width ``ci95`` (``None``: not given), ``status`` (one of :data:`STATUSES`) and a
+    ``note`` (where it comes from, when that needs saying)."""
+
+    value: float | None
+    ci95: float | None
+    status: str
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class RowTest:
+    """One test of a row: episodes of ``ways`` (``None``: the run's; regression has none)
+    classes, ``shots`` and ``queries``, ``episodes`` of them, ``inner_steps`` adaptation steps
+    (``None``: the run's, or none for ProtoNets), compared with ``paper``."""
+
+    name: str
+    ways: int | None
+    shots: int
+    queries: int
+    episodes: int
+    inner_steps: int | None
+    paper: PaperValue
+
+    def config(self, train_config: RunConfig) -> RunConfig:
+        """The run's config with this test's episode shape (validates the values)."""
+        return train_config.override(
+            test_ways=self.ways,
+            test_shots=self.shots,
+            test_queries=self.queries,
+            test_episodes=self.episodes,
+            eval_inner_steps=self.inner_steps,
+        )
+
+
+@dataclass(frozen=True)
+class Row:
+    """A row file, parsed and validated (see the module doc)."""
+
+    name: str
+    title: str
+    source: str
+    budget_minutes: float
+    train: RunConfig
+    tests: tuple[RowTest, ...]
+    differences: tuple[str, ...]
+    path: Path
+
+    @property
+    def metric(self) -> str:
+        """``mse`` on regression data, else ``accuracy``."""
+        return "mse" if self.train.dataset in REGRESSION_DATASETS else "accuracy"
+
+
+# ------------------------------------------------------------------------------ row files
+def row_names(rows_dir: Path = ROWS_DIR) -> list[str]:
+    """The names of the rows in ``rows_dir``, sorted."""
+    return sorted(p.stem for p in rows_dir.glob("*.yaml"))
+
+
+def load_row(spec: str | Path, rows_dir: Path = ROWS_DIR) -> Row:
+    """The row named ``spec`` (a file of ``rows_dir``), or the row file at path ``spec``.
+
+    Raises:
+        ConfigError: an unknown row (the message lists the rows), or a row file that is not
+            valid (the message names the file and the offending key).
+    """
+    path = Path(spec)
+    if path.suffix not in (".yaml", ".yml"):
+        path = rows_dir / f"{spec}.yaml"
+    if not path.is_file():
+        names = row_names(rows_dir)
+        close = difflib.get_close_matches(str(spec), names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown row {str(spec)!r}{hint}; the rows are: {', '.join(names)}")
+    where = f"row file {str(path)!r}"
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where} is not valid YAML: {' '.join(str(err).split())}") from err
+    values = _mapping(values, where, ROW_KEYS, required=ROW_KEYS[:-1])
+    train_values = _mapping(values["train"], f"{where}: train", None)
+    if "out" in train_values or "time_limit" in train_values:
+        raise ConfigError(
+            f"{where}: train sets no out or time_limit (the run folder and budget_minutes "
+            "are the row's)"
+        )
+    train_config = RunConfig.from_dict(train_values, source=f"{where}: train")
+    budget = values["budget_minutes"]
+    if isinstance(budget, bool) or not isinstance(budget, int | float) or budget <= 0:
+        raise ConfigError(f"{where}: budget_minutes must be a positive number, got {budget!r}")
+    tests = values["evaluate"]
+    if not isinstance(tests, list) or not tests:
+        raise ConfigError(f"{where}: evaluate must be a list of one or more tests")
+    parsed = tuple(_test(t, f"{where}: evaluate[{i}]", train_config) for i, t in enumerate(tests))
+    differences = values.get("differences") or []
+    if not isinstance(differences, list) or not all(isinstance(d, str) for d in differences):
+        raise ConfigError(f"{where}: differences must be a list of strings")
+    for key in ("row", "title", "source"):
+        if not isinstance(values[key], str) or not values[key].strip():
+            raise ConfigError(f"{where}: {key} must be a non-empty string")
+    return Row(
+        name=values["row"],
+        title=values["title"],
+        source=values["source"],
+        budget_minutes=float(budget),
+        train=train_config,
+        tests=parsed,
+        differences=tuple(differences),
+        path=path,
+    )
+
+
+def _mapping(
+    values: Any, where: str, known: tuple[str, ...] | None, required: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """``values`` as a mapping with only ``known`` keys (any when ``None``) and ``required``."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+    for key in values:
+        if known is not None and key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}: unknown key {key!r}{hint}")
+    missing = [key for key in required if key not in values]
+    if missing:
+        raise ConfigError(f"{where}: missing {', '.join(missing)}")
+    return values
+
+
+def _test(values: Any, where: str, train_config: RunConfig) -> RowTest:
+    values = _mapping(values, where, TEST_KEYS, required=("name", "shots", "queries", "episodes"))
+    paper = _mapping(values.get("paper"), f"{where}: paper", PAPER_KEYS, required=("status",))
+    status = paper["status"]
+    if status not in STATUSES:
+        raise ConfigError(f"{where}: paper status must be one of {', '.join(STATUSES)}")
+    value, ci95 = paper.get("value"), paper.get("ci95")
+    if (value is None) != (status == "not published"):
+        raise ConfigError(f"{where}: paper value is null exactly when its status is not published")
+    for name, number in (("value", value), ("ci95", ci95)):
+        if number is not None and (isinstance(number, bool) or not isinstance(number, int | float)):
+            raise ConfigError(f"{where}: paper {name} must be a number or null, got {number!r}")
+    try:  # the values as the run's test settings: RunConfig checks (and coerces) them
+        cfg = train_config.override(
+            test_ways=values.get("ways"),
+            test_shots=values["shots"],
+            test_queries=values["queries"],
+            test_episodes=values["episodes"],
+            eval_inner_steps=values.get("inner_steps"),
+        )
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from err
+    return RowTest(
+        name=str(values["name"]),
+        ways=None if values.get("ways") is None else cfg.test_ways,
+        shots=cfg.episode_shape("test")[1],
+        queries=cfg.episode_shape("test")[2],
+        episodes=cfg.default_test_episodes,
+        inner_steps=None if values.get("inner_steps") is None else cfg.eval_inner_steps,
+        paper=PaperValue(
+            None if value is None else float(value),
+            None if ci95 is None else float(ci95),
+            status,
+            str(paper.get("note") or ""),
+        ),
+    )
+
+
+# ------------------------------------------------------------------------------ training
+def training_time(run_dir: Path) -> tuple[float | None, str]:
+    """Seconds of training that went into ``run_dir``, and how they were counted: from the
+    ledger of :func:`reproduce` (a session killed without a chance to record its end counts up
+    to its last checkpoint), else from the file times of ``config.yaml`` (written when training
+    starts) and of the last checkpoint (a single session's wall-clock), else ``None``."""
+    ledger = _read_ledger(run_dir)
+    if ledger["sessions"]:
+        return sum(_session_seconds(s, run_dir) for s in ledger["sessions"]), "ledger"
+    config, last = run_dir / "config.yaml", run_dir / "last.json"
+    if config.is_file() and last.is_file():
+        return max(0.0, last.stat().st_mtime - config.stat().st_mtime), "file times"
+    return None, "unknown"
+
+
+def _read_ledger(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / LEDGER
+    if not path.is_file():
+        return {"sessions": []}
+    try:
+        ledger = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{str(path)!r} is not valid JSON: {err}") from err
+    if not isinstance(ledger, dict) or not isinstance(ledger.get("sessions"), list):
+        raise ConfigError(f"{str(path)!r} is not a training ledger (no sessions list)")
+    return ledger
+
+
+def _session_seconds(session: dict[str, Any], run_dir: Path) -> float:
+    if session.get("seconds") is not None:
+        return float(session["seconds"])
+    last = run_dir / "last.json"  # the session died: count up to its last checkpoint
+    end = last.stat().st_mtime if last.is_file() else session["started"]
+    return max(0.0, end - session["started"])
+
+
+def _write_ledger(run_dir: Path, ledger: dict[str, Any]) -> None:
+    atomic_write(run_dir / LEDGER, (json.dumps(ledger, indent=1) + "\n").encode())
+
+
+@dataclass(frozen=True)
+class Training:
+    """How the training of a reproduction went: the run folder, the last iteration, the
+    seconds of training (``None``: unknown), how they were counted, and whether the time limit
+    ended training before the row's iterations."""
+
+    run_dir: Path
+    iterations: int
+    seconds: float | None
+    seconds_from: str
+    stopped_by_time_limit: bool
+
+
+def train_row(
+    row: Row,
+    run_dir: Path,
+    time_limit: float,
+    device: str | None = None,
+    data_root: str | None = None,
+    progress: bool = True,
+) -> Training:
+    """Train ``row`` into ``run_dir`` for at most ``time_limit`` minutes in all: a folder that
+    holds a checkpoint is resumed, with the time of its earlier sessions deducted (nothing is
+    trained when the budget is spent)."""
+    cfg = row.train.override(out=str(run_dir), device=device, data_root=data_root)
+    resume = has_checkpoint(run_dir, "last")
+    ledger = _read_ledger(run_dir) if resume else {"sessions": []}
+    died = [s for s in ledger["sessions"] if s.get("seconds") is None]
+    for session in died:  # killed before it could record its end: count it once, now
+        session["seconds"] = _session_seconds(session, run_dir)
+    if died:
+        _write_ledger(run_dir, ledger)
+    spent = sum(session["seconds"] for session in ledger["sessions"])
+    remaining = time_limit * 60 - spent
+    if remaining > 0:
+        load_data(cfg)  # missing data fails here, before the run folder is touched
+        state = load_checkpoint(run_dir, "last") if resume else None
+        session = {"started": time.time(), "seconds": None, "time_limit_minutes": time_limit}
+        session["start_step"] = 0 if state is None else int(state["step"])
+        ledger["row"] = row.name
+        ledger["sessions"].append(session)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_ledger(run_dir, ledger)
+        start = time.monotonic()
+        try:
+            train(cfg.override(time_limit=remaining / 60), resume=resume, progress=progress)
+        finally:
+            session["seconds"] = time.monotonic() - start
+            _write_ledger(run_dir, ledger)
+    step = int(load_checkpoint(run_dir, "last")["step"])
+    seconds, counted = training_time(run_dir)
+    return Training(run_dir, step, seconds, counted, step < cfg.iterations)
+
+
+# ------------------------------------------------------------------------------ the record
+def verdict(ours: float, ours_ci: float | None, paper: PaperValue, metric: str) -> str | None:
+    """``better``, ``within`` or ``worse`` than the paper: within when the values differ by
+    less than the paper's 95% interval (ours when the paper gives none); better is higher
+    accuracy or lower MSE. ``None`` when there is no published value."""
+    if paper.value is None:
+        return None
+    tolerance = paper.ci95 if paper.ci95 is not None else (ours_ci or 0.0)
+    gain = (ours - paper.value) * (1 if metric == "accuracy" else -1)
+    if abs(gain) <= tolerance:
+        return "within"
+    return "better" if gain > 0 else "worse"
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    """The machine of a result: CPU model and the cores this process may use, torch's
+    threads, and the GPU's name when the device is one."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        cpu = names[0].split(":", 1)[1].strip() if names else cpu
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    info: dict[str, Any] = {"cpu": cpu, "cores": cores, "torch_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def git_commit() -> tuple[str | None, bool | None]:
+    """The checkout's commit and whether tracked files differ from it (``None``: no git)."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None, None
+    return head, bool(status.strip())
+
+
+def config_differences(row: Row, run_dir: Path) -> dict[str, list[Any]]:
+    """Options (other than :data:`lifelong.train.RESUMABLE`) in which the run's saved config
+    differs from the row's: ``{option: [row's value, run's value]}``."""
+    saved = RunConfig.from_yaml(run_dir / "config.yaml")
+    return {
+        f.name: [getattr(row.train, f.name), getattr(saved, f.name)]
+        for f in fields(RunConfig)
+        if f.name not in RESUMABLE and getattr(row.train, f.name) != getattr(saved, f.name)
+    }
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """Append ``record`` as one line, in one write (lines of concurrent runs do not mix)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(record, default=_plain) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else str(value)
+
+
+def reproduce(
+    row: Row,
+    out: Path | None = None,
+    time_limit: float | None = None,
+    device: str | None = None,
+    data_root: str | None = None,
+    results: Path | None = RESULTS,
+    run: Path | None = None,
+    progress: bool = True,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Train ``row`` (into ``out``, default ``runs/reproduce/ROW``, for ``time_limit`` minutes in
+    all, default the row's budget), or take the trained run folder ``run`` as it is; test it on
+    every test setting of the row; append the record to ``results`` (``None``: nowhere) and
+    return it. ``data_root`` is ignored by generated datasets (strokes, sinusoids), so that one
+    command line serves every row."""
+    if not DATASETS[row.train.dataset].takes_root:
+        data_root = None
+    if run is not None:
+        if out is not None or time_limit is not None:
+            raise ConfigError("--run tests a trained run folder: leave out --out and --time-limit")
+        training, budget = _trained(run)
+        drift = config_differences(row, run)
+    else:
+        if time_limit is not None and not time_limit > 0:
+            raise ConfigError(f"--time-limit must be positive, got {time_limit}")
+        budget = time_limit or row.budget_minutes
+        training = train_row(row, out or RUNS / row.name, budget, device, data_root, progress)
+        drift = {}
+    tests = [_test_run(setting, training.run_dir, device, data_root) for setting in row.tests]
+    notes = [
+        f"the run differs from the row in {k}: row {a!r}, run {b!r}" for k, (a, b) in drift.items()
+    ]
+    if training.stopped_by_time_limit:
+        notes.append(
+            f"stopped by the time limit at iteration {training.iterations} "
+            f"of {row.train.iterations}"
+        )
+    commit, dirty = git_commit()
+    tested = load_trained(training.run_dir)  # the checkpoint the tests used
+    used = resolve_device(device or tested.config.device)
+    record = {
+        "row": row.name,
+        "title": row.title,
+        "source": row.source,
+        "row_file": str(row.path),
+        "dataset": row.train.dataset,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "results": tests,
+        "mode": "test only (--run)" if run is not None else "train and test",
+        "iterations": training.iterations,
+        "planned_iterations": row.train.iterations,
+        "tested_iteration": tested.step,
+        "train_seconds": None if training.seconds is None else round(training.seconds, 1),
+        "train_seconds_from": training.seconds_from,
+        "time_limit_minutes": budget,
+        "stopped_by_time_limit": training.stopped_by_time_limit,
+        "device": used.type,
+        "machine": machine(used),
+        "torch": torch.__version__,
+        "lifelong": __version__,
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "run_dir": str(training.run_dir),
+        "differences": list(row.differences),
+        "notes": notes,
+        "config_differences": drift,
+        "command": command,
+    }
+    if results is not None:
+        append_jsonl(results, record)
+    return record
+
+
+def _trained(run: Path) -> tuple[Training, float | None]:
+    """How an existing run folder was trained, and its time limit (minutes; ``None``: none)."""
+    if not has_checkpoint(run, "last"):
+        raise ConfigError(f"{str(run)!r} is not a trained run folder (no last checkpoint)")
+    saved = RunConfig.from_yaml(run / "config.yaml")
+    step = int(load_checkpoint(run, "last")["step"])
+    seconds, counted = training_time(run)
+    sessions = _read_ledger(run)["sessions"]
+    budget = sessions[-1].get("time_limit_minutes") if sessions else saved.time_limit
+    return Training(run, step, seconds, counted, step < saved.iterations), budget
+
+
+def _test_run(
+    setting: RowTest, run_dir: Path, device: str | None, data_root: str | None
+) -> dict[str, Any]:
+    result: Evaluation = evaluate_run(
+        run_dir,
+        "test",
+        setting.ways,
+        setting.shots,
+        setting.queries,
+        setting.episodes,
+        setting.inner_steps,
+        seed=0,
+        data_root=data_root,
+        device=device,
+    )
+    paper = setting.paper
+    return {
+        "name": setting.name,
+        **result.to_dict(),
+        "paper": {"value": paper.value, "ci95": paper.ci95, "status": paper.status},
+        "verdict": verdict(result.mean, result.ci95, paper, result.metric),
+    }
+
+
+def describe(value: float | None, ci95: float | None, metric: str) -> str:
+    """``98.70% ± 0.40%`` (accuracy) or ``0.350 ± 0.020`` (MSE); ``not published`` for no
+    value."""
+    if value is None:
+        return "not published"
+    if metric == "accuracy":
+        ci = "" if ci95 is None else f" ± {100 * ci95:.2f}%"
+        return f"{100 * value:.2f}%{ci}"
+    ci = "" if ci95 is None else f" ± {ci95:.3f}"
+    return f"{value:.3f}{ci}"
+
+
+# ------------------------------------------------------------------------------ the command
+def reproduce_command(
+    row: Annotated[
+        str | None,
+        typer.Argument(metavar="ROW", help="A row name (see --list) or a row file (.yaml)."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Run folder (default runs/reproduce/ROW); a run there is resumed."),
+    ] = None,
+    time_limit: Annotated[
+        float | None, typer.Option(help="Training minutes in all (default: the row's budget).")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto, cpu or cuda (default: the row's).")
+    ] = None,
+    data_root: Annotated[
+        str | None,
+        typer.Option(help="Dataset folder (default: the cache's); generated data ignores it."),
+    ] = None,
+    results: Annotated[
+        Path, typer.Option(help="JSON-lines file the result is appended to.")
+    ] = RESULTS,
+    run: Annotated[
+        Path | None,
+        typer.Option("--run", help="Test and record this trained run folder; no training."),
+    ] = None,
+    list_rows: Annotated[bool, typer.Option("--list", help="List the rows and stop.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Reproduce a row of a paper's table: train (resumable, within the row's time budget),
+    test on the paper's number of episodes with 95% CI, append the result to --results."""
+    if list_rows:
+        for name in row_names():
+            spec = load_row(name)
+            papers = "; ".join(
+                f"{t.name} {describe(t.paper.value, t.paper.ci95, spec.metric)}" for t in spec.tests
+            )
+            typer.echo(
+                f"{name:<28} {spec.budget_minutes:>5.0f} min  {spec.title}  (paper: {papers})"
+            )
+        return
+    if row is None:
+        raise ConfigError("give a ROW to reproduce (see `lifelong reproduce --list`)")
+    spec = load_row(row)
+    flags = {"--out": out, "--time-limit": time_limit, "--device": device}
+    flags |= {"--data-root": data_root, "--results": None if results == RESULTS else results}
+    flags["--run"] = run
+    given = [str(x) for flag, value in flags.items() if value is not None for x in (flag, value)]
+    command = shlex.join(["lifelong", "reproduce", row, *given])
+    record = reproduce(
+        spec, out, time_limit, device, data_root, results, run, progress=not quiet, command=command
+    )
+    for r in record["results"]:
+        paper = describe(r["paper"]["value"], r["paper"]["ci95"], r["metric"])
+        verdict_ = f": {r['verdict']}" if r["verdict"] else ""
+        typer.echo(
+            f"{spec.name} {r['name']}: {describe(r['mean'], r['ci95'], r['metric'])} "
+            f"(paper {paper}{verdict_})"
+        )
+    typer.echo(f"{record['iterations']} iterations in {record['run_dir']}; recorded in {results}")

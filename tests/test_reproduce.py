@@ -1,0 +1,313 @@
+"""`lifelong reproduce`: every row file is valid and builds its model; tiny strokes and sinusoid
+rows train, test and append a well-formed JSON line (and resume, within their budget); --run
+tests an existing run; the table script renders results and rows not run; one-line errors for
+an unknown row, a bad row file and missing miniImageNet data."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from lifelong.build import DataFacts, build_algorithm
+from lifelong.cli import main
+from lifelong.config import ConfigError
+from lifelong.reproduce import (
+    LEDGER,
+    ROWS_DIR,
+    PaperValue,
+    load_row,
+    reproduce,
+    row_names,
+    training_time,
+    verdict,
+)
+
+STROKES = {"classes": {"train": 20, "val": 8, "test": 8}, "per_class": 6}
+TINY_ROW: dict[str, Any] = {
+    "row": "tiny-strokes",
+    "title": "ProtoNet, strokes 3-way 1-shot",
+    "source": "a test row",
+    "budget_minutes": 1,
+    "train": {
+        "algorithm": "protonet", "dataset": "strokes", "dataset_options": STROKES, "ways": 3,
+        "shots": 1, "queries": 2, "meta_batch": 2, "hidden": [8], "iterations": 4,
+        "val_every": 2, "val_episodes": 4, "checkpoint_every": 2,
+    },
+    "evaluate": [
+        {"name": "3-way 1-shot", "ways": 3, "shots": 1, "queries": 2, "episodes": 10,
+         "paper": {"value": 0.9, "ci95": 0.05, "status": "confirmed"}},
+        {"name": "2-way 1-shot", "ways": 2, "shots": 1, "queries": 3, "episodes": 6,
+         "paper": {"value": None, "status": "not published"}},
+    ],
+    "differences": ["strokes, not a paper's data"],
+}  # fmt: skip
+FACTS = {  # what the datasets' loaders report, without loading them
+    "omniglot": DataFacts(
+        "omniglot", False, (1, 28, 28), {"train": 4112, "val": 688, "trainval": 4800, "test": 1692}
+    ),
+    "miniimagenet": DataFacts(
+        "miniimagenet", False, (3, 84, 84), {"train": 64, "val": 16, "test": 20}
+    ),
+    "sinusoid": DataFacts("sinusoid", regression=True),
+}
+EXPECTED_ROWS = {
+    *(f"maml-omniglot-{s}" for s in ("5w1s", "5w5s", "20w1s", "20w5s")),
+    "maml-mlp-omniglot-5w1s", "maml-mlp-omniglot-5w5s",
+    "protonet-omniglot-1shot", "protonet-omniglot-5shot",
+    *(f"{a}-omniglot-{s}" for a in ("fomaml", "anil", "metasgd", "reptile")
+      for s in ("5w1s", "20w1s")),
+    "sinusoid-maml", "sinusoid-pretrained",
+    *(f"{a}-miniimagenet-5w{k}s" for a in ("maml", "protonet") for k in (1, 5)),
+}  # fmt: skip
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
+    """Run ``lifelong ARGS`` in this process: exit code, stdout, stderr."""
+    with pytest.raises(SystemExit) as exit_:
+        main([str(a) for a in args])
+    out = capsys.readouterr()
+    return exit_.value.code, out.out, out.err
+
+
+def row_file(tmp_path: Path, changes: dict[str, Any] | None = None, **train: Any) -> Path:
+    values = {**TINY_ROW, **(changes or {}), "train": {**TINY_ROW["train"], **train}}
+    path = tmp_path / f"{values['row']}.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# ------------------------------------------------------------------------------ row files
+def test_every_row_file_is_valid_and_builds_its_model() -> None:
+    assert set(row_names()) >= EXPECTED_ROWS
+    for name in row_names():
+        row = load_row(name)
+        assert row.name == name and row.path == ROWS_DIR / f"{name}.yaml"
+        assert row.budget_minutes > 0 and row.title and row.source and row.differences
+        assert row.train.out is None and row.train.time_limit is None
+        for test in row.tests:
+            cfg = test.config(row.train)
+            build_algorithm(cfg, FACTS[cfg.dataset])  # settings fit together and fit the data
+            assert test.episodes == {"miniimagenet": 600, "sinusoid": 600}.get(cfg.dataset, 1000)
+            paper = test.paper
+            if paper.value is None:
+                assert paper.status == "not published"
+            elif cfg.dataset == "sinusoid":
+                assert 0 < paper.value < 5 and test.inner_steps in (1, 5, 10)
+            else:
+                assert 0.4 < paper.value <= 1 and (paper.ci95 is None or paper.ci95 < 0.02)
+
+
+def test_the_paper_settings_are_kept() -> None:
+    maml = load_row("maml-omniglot-20w1s").train
+    assert (maml.ways, maml.meta_batch, maml.inner_lr, maml.inner_steps) == (20, 16, 0.1, 5)
+    pretrained, meta = load_row("sinusoid-pretrained"), load_row("sinusoid-maml")
+    assert pretrained.train.inner_steps == 0 and meta.train.inner_steps == 1
+    assert pretrained.train.override(inner_steps=1) == meta.train  # the one difference
+    proto = load_row("protonet-omniglot-1shot")
+    assert [(t.ways, t.shots) for t in proto.tests] == [(5, 1), (20, 1)]
+    assert (proto.train.ways, proto.train.train_split) == (60, "trainval")
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"budget": 3}, "unknown key 'budget' (did you mean 'budget_minutes'?)"),
+        ({"budget_minutes": 0}, "budget_minutes must be a positive number, got 0"),
+        ({"train": {"wayz": 5}}, "unknown option 'wayz' (did you mean 'ways'?)"),
+        ({"train": {"out": "x"}}, "train sets no out or time_limit"),
+        ({"evaluate": []}, "evaluate must be a list of one or more tests"),
+        ({"evaluate": [{"name": "a", "shots": 1, "queries": 2, "episodes": 3, "paper": {
+            "value": None, "status": "confirmed"}}]}, "null exactly when"),
+        ({"evaluate": [{"name": "a", "shots": 1, "queries": 2, "episodes": 3, "paper": {
+            "value": 0.5, "status": "guessed"}}]}, "status must be one of confirmed"),
+        ({"evaluate": [{"name": "a", "shots": 1.5, "queries": 2, "episodes": 3, "paper": {
+            "value": 0.5, "status": "confirmed"}}]}, "evaluate[0]: test_shots must be an integer"),
+    ],
+)  # fmt: skip
+def test_bad_row_files_are_named(tmp_path: Path, changes: dict[str, Any], message: str) -> None:
+    values = {**TINY_ROW, **changes}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(values))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_row(path)
+
+
+def test_an_unknown_row_is_one_line_listing_the_rows(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = cli(capsys, "reproduce", "maml-omniglot-5w1x")
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith(
+        "error: unknown row 'maml-omniglot-5w1x' (did you mean 'maml-omniglot-5w1s'?)"
+    )
+    assert "the rows are: anil-omniglot-20w1s, " in err and "sinusoid-maml" in err
+    code, out, _ = cli(capsys, "reproduce", "--list")
+    assert code == 0 and len(out.splitlines()) == len(row_names())
+    assert "maml-omniglot-5w1s" in out and "98.70% ± 0.40%" in out and "not published" in out
+
+
+def test_miniimagenet_rows_fail_in_one_line_without_the_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for row in ("maml-miniimagenet-5w1s", "protonet-miniimagenet-5w5s"):
+        code, _, err = cli(capsys, "reproduce", row, "--data-root", tmp_path / "none", "--out",
+                           tmp_path / row, "--results", tmp_path / "r.jsonl")  # fmt: skip
+        assert code == 1 and err.count("\n") == 1
+        assert err.startswith(f"error: miniImageNet not found in {tmp_path / 'none'}")
+        assert not (tmp_path / row).exists() and not (tmp_path / "r.jsonl").exists()
+
+
+# ------------------------------------------------------------------------------ runs
+def test_a_tiny_row_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path, out, results = row_file(tmp_path), tmp_path / "run", tmp_path / "results.jsonl"
+    code, stdout, err = cli(capsys, "reproduce", path, "--out", out, "--results", results,
+                            "--quiet")  # fmt: skip
+    assert code == 0, err
+    lines = stdout.splitlines()
+    assert (
+        lines[0].startswith("tiny-strokes 3-way 1-shot: ") and "(paper 90.00% ± 5.00%" in lines[0]
+    )
+    assert "(paper not published)" in lines[1] and lines[2].startswith("4 iterations in ")
+    [record] = jsonl(results)
+    assert record["row"] == "tiny-strokes" and record["row_file"] == str(path)
+    first, second = record["results"]
+    assert (first["name"], first["metric"], first["episodes"]) == ("3-way 1-shot", "accuracy", 10)
+    assert (second["ways"], second["queries"], second["episodes"]) == (2, 3, 6)
+    assert 0 <= first["mean"] <= 1 and first["ci95"] > 0
+    assert first["paper"] == {"value": 0.9, "ci95": 0.05, "status": "confirmed"}
+    assert first["verdict"] in ("better", "within", "worse") and second["verdict"] is None
+    assert record["iterations"] == record["planned_iterations"] == 4
+    assert record["tested_iteration"] in (2, 4) and record["stopped_by_time_limit"] is False
+    assert record["train_seconds"] > 0 and record["train_seconds_from"] == "ledger"
+    assert record["time_limit_minutes"] == 1 and record["mode"] == "train and test"
+    assert record["device"] == "cpu" and record["machine"]["cores"] >= 1
+    assert isinstance(record["machine"]["cpu"], str) and record["torch"] and record["lifelong"]
+    assert record["git_commit"] is None or len(record["git_commit"]) == 40
+    assert datetime.fromisoformat(record["date"]).tzinfo is not None
+    assert record["run_dir"] == str(out) and record["differences"] == TINY_ROW["differences"]
+    assert record["command"].startswith(f"lifelong reproduce {path} --out {out}")
+    assert record["notes"] == [] and record["config_differences"] == {}
+
+
+def test_an_interrupted_run_is_resumed_within_its_budget(tmp_path: Path) -> None:
+    out, results = tmp_path / "run", tmp_path / "r.jsonl"
+    short = reproduce(load_row(row_file(tmp_path, iterations=2)), out, results=results,
+                      progress=False)  # fmt: skip
+    assert short["iterations"] == 2
+    full = reproduce(load_row(row_file(tmp_path)), out, results=results, progress=False)
+    ledger = json.loads((out / LEDGER).read_text())
+    seconds = [s["seconds"] for s in ledger["sessions"]]
+    assert full["iterations"] == 4 and [s["start_step"] for s in ledger["sessions"]] == [0, 2]
+    assert full["train_seconds"] == pytest.approx(sum(seconds), abs=0.1)
+    # a session killed without recording its end counts up to its last checkpoint
+    ledger["sessions"][1] |= {"seconds": None, "started": (out / "last.json").stat().st_mtime - 30}
+    (out / LEDGER).write_text(json.dumps(ledger))
+    assert training_time(out) == (pytest.approx(seconds[0] + 30), "ledger")
+    ledger["sessions"][0]["seconds"] = 3600.0  # the budget (1 minute) is spent: no training
+    (out / LEDGER).write_text(json.dumps(ledger))
+    spent = reproduce(load_row(row_file(tmp_path, iterations=6)), out, results=results,
+                      progress=False)  # fmt: skip
+    assert spent["iterations"] == 4 and spent["stopped_by_time_limit"]
+    assert spent["train_seconds"] == pytest.approx(3630, abs=0.1)
+    assert spent["notes"] == ["stopped by the time limit at iteration 4 of 6"]
+    assert [s["seconds"] for s in json.loads((out / LEDGER).read_text())["sessions"]] == [
+        3600.0, pytest.approx(30)]  # fmt: skip
+    assert [r["iterations"] for r in jsonl(results)] == [2, 4, 4]
+
+
+def test_run_tests_an_existing_run_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "trained"
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY_ROW["train"].items()
+             if k not in ("dataset_options", "hidden")]  # fmt: skip
+    code, _, err = cli(capsys, "train", *flags, "--hidden", "8", "--seed", "3", "--quiet",
+                       "--dataset-option", "classes={train: 20, val: 8, test: 8}",
+                       "--dataset-option", "per_class=6", "--out", run)  # fmt: skip
+    assert code == 0, err
+    results = tmp_path / "r.jsonl"
+    code, stdout, err = cli(capsys, "reproduce", row_file(tmp_path), "--run", run, "--results",
+                            results)  # fmt: skip
+    assert code == 0, err and "4 iterations in" in stdout
+    [record] = jsonl(results)
+    assert record["mode"] == "test only (--run)" and record["run_dir"] == str(run)
+    assert record["iterations"] == 4 and record["train_seconds_from"] == "file times"
+    assert record["config_differences"] == {"seed": [0, 3]}
+    assert record["notes"] == ["the run differs from the row in seed: row 0, run 3"]
+    assert not (run / LEDGER).exists()  # nothing trained, nothing written in the run
+    code, _, err = cli(capsys, "reproduce", row_file(tmp_path), "--run", run, "--time-limit", "1")
+    assert code == 1 and "--run tests a trained run folder" in err
+
+
+def test_the_sinusoid_baseline_row_trains_without_adaptation(tmp_path: Path) -> None:
+    values = yaml.safe_load((ROWS_DIR / "sinusoid-pretrained.yaml").read_text())
+    values["train"] |= {"iterations": 3, "val_every": 3, "val_episodes": 10}
+    for test in values["evaluate"]:
+        test["episodes"] = 20
+    path = tmp_path / "sine.yaml"
+    path.write_text(yaml.safe_dump(values))
+    record = reproduce(load_row(path), tmp_path / "run", results=None, progress=False,
+                       data_root="ignored: sinusoids are generated")  # fmt: skip
+    assert [r["inner_steps"] for r in record["results"]] == [1, 5, 10]
+    assert all(
+        r["metric"] == "mse" and r["shots"] == 5 and r["mean"] > 0 for r in record["results"]
+    )
+    assert record["iterations"] == 3
+
+
+def test_verdicts() -> None:
+    paper = PaperValue(0.95, 0.01, "confirmed")
+    assert verdict(0.955, 0.02, paper, "accuracy") == "within"
+    assert verdict(0.97, 0.001, paper, "accuracy") == "better"
+    assert verdict(0.90, 0.001, paper, "accuracy") == "worse"
+    mse = PaperValue(0.35, None, "unconfirmed")  # no published interval: ours is used
+    assert verdict(0.30, 0.01, mse, "mse") == "better"
+    assert verdict(0.36, 0.02, mse, "mse") == "within"
+    assert verdict(0.5, 0.1, PaperValue(None, None, "not published"), "accuracy") is None
+
+
+# ------------------------------------------------------------------------------ the table
+def table_script() -> Any:
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce_table.py"
+    spec = importlib.util.spec_from_file_location("reproduce_table", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_table_shows_results_and_rows_not_run(tmp_path: Path) -> None:
+    script = table_script()
+    result = {"name": "5-way 1-shot", "metric": "accuracy", "mean": 0.9731, "ci95": 0.0041,
+              "verdict": "worse"}  # fmt: skip
+    record = {
+        "row": "maml-omniglot-5w1s", "results": [result], "iterations": 5000,
+        "planned_iterations": 60000, "stopped_by_time_limit": True, "train_seconds": 3600.0,
+        "time_limit_minutes": 60, "machine": {"cpu": "Xeon", "cores": 2}, "notes": ["n1"],
+    }  # fmt: skip
+    older = {**record, "results": [{**result, "mean": 0.5}], "train_seconds": 600.0}
+    results = tmp_path / "r.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in (older, record)))
+    script.main(["--results", str(results), "--out-dir", str(tmp_path)])
+    table = (tmp_path / "reproduce_table.md").read_text()
+    maml = next(line for line in table.splitlines() if line.startswith("| `maml-omniglot-5w1s`"))
+    cells = [c.strip() for c in maml.strip("|").split("|")]
+    assert cells[:8] == ["`maml-omniglot-5w1s`", "5-way 1-shot", "98.70 ± 0.40", "97.31 ± 0.41",
+                         "worse", "5,000 / 60,000 (time limit)", "60.0 min (limit 60)",
+                         "CPU: Xeon, 2 cores"]  # fmt: skip
+    proto = [line for line in table.splitlines() if line.startswith("| `protonet-omniglot-1shot`")]
+    assert len(proto) == 2 and all("| 98.80 |" in p or "| 96.00 |" in p for p in proto)
+    assert all("| not run |" in p for p in proto)
+    assert "| 0.670† |" in table and "| not published | not run |" in table
+    assert table.count("| `") == sum(len(load_row(n).tests) for n in row_names())
+    assert "`maml-omniglot-5w1s` (Finn et al. 2017" in table and "; n1" in table
+    png = (tmp_path / "reproduce.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
