@@ -183,6 +183,7 @@ def test_bad_uploads_get_clear_errors_and_write_nothing(client, images):
         ("x", [("huge.png", huge.getvalue())], 413, "more than the 40,000,000 allowed"),
         ("x", [("big.png", png(0, (400, 400)) + bytes(200_000))], 413, "at most 200,000"),
         ("x", [good] * 17, 413, "17 files; at most 16"),
+        ("x", [("zeros.png", bytes(200_000))] * 17, 413, "request of 3,40"),  # Content-Length
         ("  ", [good], 422, "the class name is empty"),
         ("x", [], 422, "no images given"),
     ]

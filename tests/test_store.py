@@ -222,6 +222,11 @@ def test_cli_learn_classes_forget_and_one_line_errors(run_dir, images, tmp_path,
         (["learn", run_dir, "--store", store, "--class", " ", images["class0"][1]], "empty"),
         (["classes", "--store", tmp_path / "none.db"], "no store at"),
         (["classes", "--store", not_an_image], "is not a lifelong class store"),
+        (["serve", "--store", not_an_image], "is not a lifelong class store"),
+        (
+            ["recognize", "--store", store, images["class0"][0], "--run", tmp_path],
+            "not a lifelong run",
+        ),
     ]:
         code, out, err = cli(capsys, *args)
         assert code == 1 and message in err and len(err.strip().splitlines()) == 1, (args, err)
@@ -319,15 +324,26 @@ def test_two_writers_adding_to_one_class_at_once_both_count(recognizer, tmp_path
     assert torch.equal(sums[0], torch.full((dim,), 10.0 * (0 + 1 + 2 + 3), dtype=torch.float64))
 
 
-HOLD_A_WRITE = """
+PAUSED_ADD = """
 import sys, time, torch
 from lifelong.store import ClassStore, ExampleFile
+
+class PausingConnection:  # pauses ClassStore.add after its last statement, before COMMIT
+    def __init__(self, db):
+        self.db = db
+
+    def execute(self, sql, *args):
+        result = self.db.execute(sql, *args)
+        if sql.startswith("UPDATE classes"):
+            print("inside", flush=True)
+            time.sleep(120)
+        return result
+
 store = ClassStore.open(sys.argv[1])
-with store.transaction() as db:
-    db.execute("UPDATE classes SET count = count + 100")
-    db.execute("DELETE FROM examples")
-    print("inside", flush=True)
-    time.sleep(120)
+store.db = PausingConnection(store.db)
+dim = int(store.meta["embedding_dim"])
+files = [ExampleFile(f"new{i}.png", f"{i:064x}") for i in range(50)]
+store.add("a", torch.ones(50, dim), files)
 """
 
 
@@ -335,7 +351,7 @@ def test_kill_9_in_the_middle_of_a_write_leaves_a_sound_store(recognizer, images
     with open_store(tmp_path / "s.db", recognizer) as store:
         recognizer.learn(store, "a", [ImageFile.read(p) for p in images["class0"][:4]])
     writer = subprocess.Popen(
-        [sys.executable, "-c", HOLD_A_WRITE, str(tmp_path / "s.db")],
+        [sys.executable, "-c", PAUSED_ADD, str(tmp_path / "s.db")],
         stdout=subprocess.PIPE,
         text=True,
     )
