@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import secrets
 import typing
 from dataclasses import asdict, dataclass, fields, replace
@@ -30,13 +31,13 @@ ALGORITHMS = ("maml", "fomaml", "anil", "metasgd", "reptile", "protonet", "finet
 BACKBONES = ("conv4", "resnet12", "mlp")
 SCHEDULES = ("none", "cosine", "step")
 DEVICES = ("auto", "cpu", "cuda")
+"""Device names; ``cuda:INDEX`` (e.g. ``cuda:1``) picks one GPU."""
 DISTANCES = ("sqeuclidean", "euclidean", "lp", "cosine")
 TRAIN_SPLITS = ("train", "trainval")
 CHOICES = {
     "algorithm": ALGORITHMS,
     "backbone": BACKBONES,
     "lr_schedule": SCHEDULES,
-    "device": DEVICES,
     "distance": DISTANCES,
     "precision": PRECISIONS,
     "train_split": TRAIN_SPLITS,
@@ -113,7 +114,8 @@ class RunConfig:
     (ProtoNet: the encoder's autocast dtype, ``float32``, ``bfloat16`` or ``float16``) and
     ``channels_last`` (ProtoNet: the encoder's memory layout).
 
-    Run: ``seed``, ``device`` (``auto``, ``cpu``, ``cuda``), ``deterministic`` (PyTorch's
+    Run: ``seed``, ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:INDEX``; under ``torchrun``
+    ``auto`` and ``cuda`` mean ``cuda:LOCAL_RANK``), ``deterministic`` (PyTorch's
     deterministic algorithms, so that a resumed CUDA run repeats an uninterrupted one exactly;
     on the CPU runs are reproducible without it), validation every ``val_every``
     iterations on ``val_episodes`` fixed episodes, ``test_episodes`` for ``lifelong evaluate``
@@ -175,6 +177,11 @@ class RunConfig:
                 raise ConfigError(
                     f"{name} must be one of {', '.join(choices)}; got {getattr(self, name)!r}"
                 )
+        if self.device not in DEVICES and not re.fullmatch(r"cuda:\d+", self.device):
+            raise ConfigError(
+                f"device must be one of {', '.join(DEVICES)} or cuda:INDEX (e.g. cuda:1); "
+                f"got {self.device!r}"
+            )
         for name in POSITIVE:
             value = getattr(self, name)
             if value is not None and value <= 0:

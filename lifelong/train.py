@@ -14,6 +14,13 @@ Files in the run folder: ``config.yaml`` (the resolved settings), ``metrics.csv`
 iteration and per validation), ``last.json``/``best.json`` with their tensor files
 (:mod:`lifelong.checkpoint`) and, when the ``tensorboard`` package is installed, ``tb/``.
 
+Under ``torchrun`` (:mod:`lifelong.distributed`) every process runs this loop on its own
+episode stream (``stream = rank``) with ``meta_batch / world_size`` episodes a step; the
+meta-gradients (and the logged loss and metric) are averaged over the ranks before the Adam
+step, so that all ranks keep the same parameters. Rank 0 alone validates (the others wait for
+its result), writes the files and shows progress; a checkpoint holds every rank's sampler and
+random states, so a distributed run resumes exactly, with the same number of processes.
+
 Example:
     >>> result = train(RunConfig(algorithm="protonet", dataset="strokes", iterations=200,
     ...                          out="runs/proto"))
@@ -50,6 +57,19 @@ from lifelong.checkpoint import (
     set_rng_state,
 )
 from lifelong.config import ConfigError, RunConfig, atomic_write
+from lifelong.distributed import (
+    World,
+    agree,
+    all_gather_state,
+    average_gradients,
+    broadcast_module,
+    broadcast_state,
+    local_rank,
+    on_main,
+    process_group,
+    rank_seed,
+    sync_batch_norm,
+)
 from lifelong.evaluate import EpisodeSet, Evaluation, evaluate
 
 RESUMABLE = (
@@ -61,6 +81,9 @@ RESUMABLE = (
     "val_every",
     "time_limit",
 )
+NOT_SPLITTABLE = ("oml",)
+"""Algorithms whose meta-batch is one whole (OML: one trajectory, a remember set drawn from all
+its episodes): they run in one process only."""
 """Options that may change when a run is resumed; all others must match the saved run."""
 
 
@@ -145,8 +168,18 @@ def _summary_writer(path: Path) -> Any:
     return SummaryWriter(str(path))
 
 
+class NoLog:
+    """The metrics log of ranks other than 0: nothing is written."""
+
+    def write(self, step: int, split: str, **values: float | None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class Trainer:
-    """The meta-training loop of one run.
+    """The meta-training loop of one run (of one rank, under ``torchrun``: module doc).
 
     Args:
         algorithm: the learner to meta-train (moved to ``device``).
@@ -158,6 +191,11 @@ class Trainer:
         device: where the algorithm and the batches live.
         progress: show a tqdm progress bar (loss, metric, it/s) on stderr; it counts
             iterations, or seconds when ``config.time_limit`` is expected to end the run first.
+
+    In a process group (:mod:`lifelong.distributed`) ``sampler`` is this rank's own stream,
+    each step draws ``config.meta_batch / world_size`` episodes, batch norm with running
+    statistics becomes :class:`~lifelong.distributed.GlobalBatchNorm` and every rank starts
+    from rank 0's parameters.
     """
 
     def __init__(
@@ -171,8 +209,18 @@ class Trainer:
         device: torch.device | str = "cpu",
         progress: bool = True,
     ) -> None:
+        self.world = World.current()
+        self.batch_size = self.world.share(config.meta_batch)
+        if self.world.size > 1 and config.algorithm in NOT_SPLITTABLE:
+            raise ConfigError(
+                f"{config.algorithm} meta-trains on whole meta-batches: run it in one process, "
+                f"not {self.world.size}"
+            )
         self.device = torch.device(device)
+        if self.world.distributed:
+            algorithm = sync_batch_norm(algorithm)
         self.algorithm = algorithm.to(self.device).train()
+        broadcast_module(self.algorithm)
         self.config, self.sampler, self.facts = config, sampler, facts
         self.run_dir = Path(run_dir)
         self.validation, self.progress = validation, progress
@@ -186,7 +234,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        return {
+        """The full state (in a process group every rank must call it: it gathers every rank's
+        sampler and random states under ``"ranks"``)."""
+        state = {
             "version": __version__,
             "step": self.step,
             "config": self.config.to_dict(),
@@ -198,39 +248,55 @@ class Trainer:
             "rng": rng_state(),
             "best": {"metric": self.best_metric, "step": self.best_step},
         }
+        if self.world.distributed:
+            state["ranks"] = all_gather_state({"sampler": state["sampler"], "rng": state["rng"]})
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; a run saved by ``n`` processes resumes on ``n``."""
+        ranks = state.get("ranks", [{"sampler": state["sampler"], "rng": state["rng"]}])
+        if len(ranks) != self.world.size:
+            raise ConfigError(
+                f"the run was trained by {len(ranks)} process(es) and this one has "
+                f"{self.world.size}: resume it with {len(ranks)} (torchrun --nnodes x "
+                "--nproc-per-node), as every rank's episode stream is part of its state"
+            )
+        own = ranks[self.world.rank]
         self.algorithm.load_state_dict(state["algorithm"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.sampler.load_state_dict(state["sampler"])
-        set_rng_state(state["rng"])
+        self.sampler.load_state_dict(own["sampler"])
+        set_rng_state(own["rng"])
         self.step = int(state["step"])
         self.best_metric, self.best_step = state["best"]["metric"], state["best"]["step"]
         self.saved_step = self.step
 
     def save(self, tag: str) -> None:
-        save_checkpoint(self.run_dir, tag, self.state_dict())
+        """Write checkpoint ``tag`` (rank 0; every rank takes part in gathering the state)."""
+        state = self.state_dict()
+        if self.world.is_main:
+            save_checkpoint(self.run_dir, tag, state)
         if tag == "last":
             self.saved_step = self.step
 
     # ------------------------------------------------------------------ loop
     def train_step(self) -> tuple[float, float, float]:
-        """One meta-update; returns loss, metric and gradient norm (before clipping)."""
-        batch = self.sampler.sample(self.config.meta_batch).to(self.device)
+        """One meta-update; returns loss, metric and gradient norm (before clipping), of the
+        whole meta-batch (averaged over the ranks)."""
+        batch = self.sampler.sample(self.batch_size).to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
         out = self.algorithm.meta_loss(batch)
-        loss = out.loss.detach().item()
+        out.loss.backward()
+        loss, metric = average_gradients(self.algorithm.parameters(), out.loss, out.metric)
         if not math.isfinite(loss):
             self._diverged(f"meta-loss is {loss}")
-        out.loss.backward()
         clip = self.config.grad_clip or math.inf
         norm = float(nn.utils.clip_grad_norm_(self.algorithm.parameters(), clip))
         if not math.isfinite(norm):
             self._diverged(f"gradient norm is {norm}")
         self.optimizer.step()
         self.scheduler.step()
-        return loss, float(out.metric), norm
+        return loss, metric, norm
 
     def _diverged(self, what: str) -> None:
         last = (
@@ -245,10 +311,18 @@ class Trainer:
 
     def validate(self) -> Evaluation | None:
         """Evaluate on the fixed validation episodes; save ``best`` when the metric improves
-        (higher accuracy, lower MSE)."""
+        (higher accuracy, lower MSE). In a process group rank 0 evaluates and tells the others
+        the result."""
         if self.validation is None:
             return None
-        result = evaluate(self.algorithm, self.validation, self.device, split="val")
+        result = (
+            evaluate(self.algorithm, self.validation, self.device, split="val")
+            if self.world.is_main
+            else None
+        )
+        if self.world.distributed:
+            result = Evaluation(**broadcast_state(None if result is None else result.to_dict()))
+        assert result is not None
         sign = -1.0 if self.algorithm.regression else 1.0
         if self.best_metric is None or sign * result.mean > sign * self.best_metric:
             self.best_metric, self.best_step = result.mean, self.step
@@ -258,10 +332,14 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train until ``config.iterations`` (or the time budget); return how it ended."""
         cfg = self.config
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        log = MetricsLog(self.run_dir, keep_until=self.step)
+        main = self.world.is_main
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        log = MetricsLog(self.run_dir, keep_until=self.step) if main else NoLog()
         description = f"{cfg.algorithm} {cfg.dataset}"
-        bar = ProgressBar(cfg.iterations, self.step, self.time_budget, description, self.progress)
+        bar = ProgressBar(
+            cfg.iterations, self.step, self.time_budget, description, self.progress and main
+        )
         metric_name = "mse" if self.algorithm.regression else "acc"
         started, stopped_early, val = time.monotonic(), False, None
         try:
@@ -271,8 +349,8 @@ class Trainer:
                 self.step += 1
                 log.write(self.step, "train", loss=loss, metric=metric, grad_norm=norm, lr=lr)
                 finished = self.step == cfg.iterations
-                out_of_time = (
-                    self.time_budget is not None and time.monotonic() - started > self.time_budget
+                out_of_time = self.time_budget is not None and agree(
+                    time.monotonic() - started > self.time_budget  # rank 0's clock decides
                 )
                 if self.step % cfg.val_every == 0 or finished or out_of_time:
                     val = self.validate() or val
@@ -357,46 +435,61 @@ def train(
 
     With ``resume``, continue the run folder's last checkpoint (``config`` must match the
     saved one, see :data:`RESUMABLE`); without it, a folder that already holds a run is an
-    error, so that no run is overwritten by accident.
+    error, so that no run is overwritten by accident. Launched by ``torchrun``, the processes
+    join one process group and share the meta-batches (module doc); rank 0 reads the run
+    folder and gives the others its state, so only rank 0 needs to see the folder.
+
+    Example:
+        $ torchrun --nproc-per-node 2 -m lifelong train --algorithm maml --meta-batch 32 ...
     """
     if config.out is None:
         raise ConfigError("no run folder given: pass --out RUN_DIR (or set out: in the config)")
-    run_dir = Path(config.out)
-    state = None
+    device = resolve_device(config.device, local_rank())
+    with process_group(device) as world:
+        run_dir = Path(config.out)
+        state = on_main(lambda: _saved_state(run_dir, config, resume))
+        seed_everything(config.seed, config.deterministic)  # the same model on every rank
+        data = load_data(config)
+        algorithm = build_algorithm(config, data.facts)
+        seed_everything(rank_seed(config.seed, world.rank), config.deterministic)
+        if device.type == "cpu":
+            keep_freed_memory()  # re-use pages between steps (see lifelong.allocator)
+        # training on trainval leaves no held-out classes to validate on
+        has_val = data.splits is None or ("val" in data.splits and config.train_split == "train")
+        validation = (
+            data.sampler("val", seed=config.seed).fixed(config.val_episodes, seed=config.seed)
+            if has_val
+            else None
+        )
+        trainer = Trainer(
+            algorithm,
+            config,
+            data.sampler(config.train_split, seed=config.seed, stream=world.rank),
+            run_dir,
+            data.facts,
+            validation,
+            device,
+            progress,
+        )
+        if state is not None:
+            trainer.load_state_dict(state)
+        if world.is_main:
+            config.save(run_dir / "config.yaml")
+        return trainer.fit()
+
+
+def _saved_state(run_dir: Path, config: RunConfig, resume: bool) -> dict[str, Any] | None:
+    """The checkpoint to resume (checked against ``config``), or ``None`` for a new run in a
+    folder that holds none."""
     if resume:
         if not has_checkpoint(run_dir, "last"):
             raise ConfigError(f"nothing to resume: {str(run_dir)!r} has no checkpoint")
         state = load_checkpoint(run_dir, "last")
         check_resumable(RunConfig.from_dict(state["config"]), config)
-    elif has_checkpoint(run_dir, "last"):
+        return state
+    if has_checkpoint(run_dir, "last"):
         raise ConfigError(
             f"{str(run_dir)!r} already holds a run: pass --resume to continue it, "
             "or choose another --out"
         )
-    seed_everything(config.seed, config.deterministic)
-    data = load_data(config)
-    algorithm = build_algorithm(config, data.facts)
-    device = resolve_device(config.device)
-    if device.type == "cpu":
-        keep_freed_memory()  # re-use pages between steps (see lifelong.allocator)
-    # training on trainval leaves no held-out classes to validate on
-    has_val = data.splits is None or ("val" in data.splits and config.train_split == "train")
-    validation = (
-        data.sampler("val", seed=config.seed).fixed(config.val_episodes, seed=config.seed)
-        if has_val
-        else None
-    )
-    trainer = Trainer(
-        algorithm,
-        config,
-        data.sampler(config.train_split, seed=config.seed),
-        run_dir,
-        data.facts,
-        validation,
-        device,
-        progress,
-    )
-    if state is not None:
-        trainer.load_state_dict(state)
-    config.save(run_dir / "config.yaml")
-    return trainer.fit()
+    return None
