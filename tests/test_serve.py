@@ -170,6 +170,38 @@ def test_http_predictions_equal_lifelong_predict(client, run_dir, images):
         assert s["probability"] == pytest.approx(e.probability, abs=1e-5)
         top = {c["label"]: c["probability"] for c in s["top"]}
         assert top == pytest.approx(e.probabilities, abs=1e-5)
+    strict = client.post("/predict", params={"threshold": -1}, files=query).json()
+    assert strict["threshold"] == -1 and strict["predictions"][0]["unknown"] is True
+    assert strict["predictions"][0]["label"] is None
+
+
+def test_the_server_threshold_applies_to_requests_that_give_none(run_dir, images, tmp_path):
+    import uvicorn
+
+    from lifelong.store import ImageFile, Recognizer, open_store
+    from lifelong.store.server import create_app
+
+    recognizer = Recognizer.load(run_dir)
+    with open_store(tmp_path / "s.db", recognizer) as store:
+        recognizer.learn(store, "a", [ImageFile.read(images["class0"][0])])
+    app = create_app(tmp_path / "s.db", recognizer, threshold=-1.0)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run)  # in this process: the model is loaded
+    thread.start()
+    try:
+        while not server.started:
+            assert thread.is_alive(), "the server did not start"
+            time.sleep(0.01)
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{url}/health").json()["threshold"] == -1.0
+        query = uploads([("a.png", images["class0"][0].read_bytes())])
+        assert httpx.post(f"{url}/predict", files=query).json()["predictions"][0]["unknown"]
+        relaxed = httpx.post(f"{url}/predict", params={"threshold": "inf"}, files=query).json()
+        assert relaxed["predictions"][0]["label"] == "a"
+    finally:
+        server.should_exit = True
+        thread.join()
 
 
 def test_bad_uploads_get_clear_errors_and_write_nothing(client, images):

@@ -216,6 +216,13 @@ def serve_command(
         str | None,
         typer.Option(envvar="LIFELONG_TOKEN", help="Require `Authorization: Bearer TOKEN`."),
     ] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="Unknown beyond this distance, for requests that give none (default: the "
+            "store's calibrated threshold)."
+        ),
+    ] = None,
     max_files: Annotated[int, typer.Option(help="Images per request.")] = 64,
     max_file_mb: Annotated[float, typer.Option(help="Megabytes per image file.")] = 10.0,
     device: DeviceOption = "cpu",
@@ -233,6 +240,6 @@ def serve_command(
     else:
         recognizer = recognizer_for(store, run, device)
     limits = Limits(files=max_files, file_bytes=int(max_file_mb * 1e6))
-    app = create_app(store, recognizer, token, limits)
+    app = create_app(store, recognizer, token, limits, threshold)
     typer.echo(f"serving {store} at http://{host}:{port}/ (API: http://{host}:{port}/docs)")
     uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -320,14 +320,6 @@ class ClassStore:
             db.execute("DELETE FROM classes WHERE id = ?", (row[0],))
         return int(row[1])
 
-    def set_meta(self, **values: Any) -> None:
-        """Set metadata entries (JSON values), e.g. ``threshold=...``."""
-        with self.transaction() as db:
-            db.executemany(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                [(k, json.dumps(v)) for k, v in values.items()],
-            )
-
     def integrity(self) -> str:
         """SQLite's ``integrity_check``: ``"ok"`` for a sound file."""
         return str(self.db.execute("PRAGMA integrity_check").fetchone()[0])

@@ -82,10 +82,12 @@ def create_app(
     recognizer: Recognizer,
     token: str | None = None,
     limits: Limits | None = None,
+    threshold: float | None = None,
 ) -> FastAPI:
     """The HTTP app of the store at ``store_path`` (which must exist and belong to the
     recognizer's run); with ``token``, every endpoint but the page, ``/health`` and the
-    OpenAPI page needs ``Authorization: Bearer <token>``."""
+    OpenAPI page needs ``Authorization: Bearer <token>``; ``threshold``: the unknown
+    threshold of requests that give none (default: the store's calibrated one)."""
     limits = limits or Limits()
     store_path = Path(store_path)
     with ClassStore.open(store_path) as store:
@@ -154,7 +156,7 @@ def create_app(
             "examples": sum(c.examples for c in classes),
             "run_dir": meta["run_dir"],
             "fingerprint": meta["fingerprint"],
-            "threshold": meta.get("threshold"),
+            "threshold": meta.get("threshold") if threshold is None else threshold,
             "auth": bool(token),
         }
 
@@ -162,8 +164,8 @@ def create_app(
     def classes() -> dict[str, Any]:
         """The classes, in the order they were first learned."""
         with ClassStore.open(store_path) as store:
-            rows, threshold = store.classes(), store.meta.get("threshold")
-        return {"threshold": threshold, "classes": [vars(c) for c in rows]}
+            rows = store.classes()
+        return {"classes": [vars(c) for c in rows]}
 
     @app.post("/examples", dependencies=secured)
     def add_examples(
@@ -181,16 +183,22 @@ def create_app(
     def predict(
         images: Images = None,
         top: Annotated[int, Query(ge=1, le=100, description="classes listed per image")] = 3,
-        threshold: Annotated[
-            float | None, Query(description="unknown beyond this distance (default: the store's)")
+        distance: Annotated[
+            float | None,
+            Query(
+                alias="threshold",
+                description="unknown beyond this distance (default: the "
+                "server's --threshold, else the store's calibrated one)",
+            ),
         ] = None,
     ) -> dict[str, Any]:
         """Recognise images: the nearest class, its probability (softmax over negative
         distances to all prototypes), or ``label: null, unknown: true``."""
         files = read(images)
+        limit = threshold if distance is None else distance
         with ClassStore.open(store_path) as store:
-            results = recognizer.recognize(store, files, top, threshold, limits.pixels)
-            used = store.meta.get("threshold") if threshold is None else threshold
+            results = recognizer.recognize(store, files, top, limit, limits.pixels)
+            used = store.meta.get("threshold") if limit is None else limit
         return {"threshold": used, "predictions": [r.to_dict() for r in results]}
 
     @app.delete("/classes/{name}", dependencies=secured)
