@@ -124,12 +124,12 @@ def zero_grad(parameter: torch.Tensor) -> None:
 
 
 def make_trainer(
-    run_dir: Path, algorithm: str, iterations: int, streams: list[int], meta_batch: int = 4
+    run_dir: Path, algorithm: str, iterations: int, streams: list[int], **options: Any
 ) -> Trainer:
     """A Trainer of ``algorithm`` (``tiny``: test_train's TinyProto, which draws from every
     global generator) on the tiny data, drawing from the episode ``streams``."""
     cfg = RunConfig(
-        **{**SETTINGS, "meta_batch": meta_batch},
+        **{**SETTINGS, **options},
         algorithm="protonet" if algorithm == "tiny" else algorithm,
         iterations=iterations,
         out=str(run_dir),
@@ -163,28 +163,35 @@ def assert_same_rows(a: list[dict[str, str]], b: list[dict[str, str]]) -> None:
 ITERATIONS = 4
 
 
-def _train_ranks(rank: int, folder: Path, algorithms: tuple[str, ...]) -> None:
-    for algorithm in algorithms:
+ALGORITHMS = ("maml", "protonet", "finetune")
+
+
+def _train_ranks(rank: int, folder: Path) -> None:
+    for algorithm in ALGORITHMS:
         run_dir = folder / f"{algorithm}-rank{rank}"  # rank 1's folder must stay unwritten
         make_trainer(run_dir, algorithm, ITERATIONS, streams=[rank]).fit()
+    # a time limit that ends the run after its first step: rank 0's clock decides for both
+    timed = make_trainer(folder / f"timed-rank{rank}", "tiny", 1000, [rank], time_limit=1e-9)
+    assert timed.fit().step == 1
 
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """MAML and ProtoNet, 4 iterations each, on 2 ranks of 2 episodes (meta-batch 4)."""
+    """MAML, ProtoNet and the fine-tuning baseline, 4 iterations each, on 2 ranks of 2
+    episodes (meta-batch 4); then a run stopped by its time limit."""
     folder = tmp_path_factory.mktemp("two_ranks")
-    assert spawn(_train_ranks, folder, ("maml", "protonet")) == [0, 0]
+    assert spawn(_train_ranks, folder) == [0, 0]
     return folder
 
 
-@pytest.mark.parametrize("algorithm", ["maml", "protonet"])
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_two_ranks_reach_the_parameters_of_one_process_with_their_tasks(
     two_ranks, tmp_path, algorithm
 ):
     """k = 4 meta-iterations on 2 ranks (2 episodes each, meta-batch 4) = one process with
     meta-batch 4 made of the same tasks (both ranks' streams, concatenated): parameters,
-    batch-norm running statistics (ProtoNet: GlobalBatchNorm), logged losses, gradient norms
-    and validation accuracies, to float tolerance."""
+    batch-norm running statistics (ProtoNet, fine-tuning: GlobalBatchNorm), logged losses,
+    gradient norms and validation accuracies, to float tolerance."""
     reference = make_trainer(tmp_path, algorithm, ITERATIONS, streams=[0, 1])
     start = {k: v.clone() for k, v in reference.algorithm.state_dict().items()}
     reference.fit()
@@ -198,7 +205,7 @@ def test_two_ranks_reach_the_parameters_of_one_process_with_their_tasks(
 
 
 def test_only_rank_zero_writes_files_and_the_checkpoint_holds_every_rank_stream(two_ranks):
-    for algorithm in ("maml", "protonet"):
+    for algorithm in (*ALGORITHMS, "timed"):
         assert not (two_ranks / f"{algorithm}-rank1").exists()
         written = {p.name for p in (two_ranks / f"{algorithm}-rank0").iterdir()}
         assert {"metrics.csv", "last.json", "best.json"} <= written
@@ -206,6 +213,7 @@ def test_only_rank_zero_writes_files_and_the_checkpoint_holds_every_rank_stream(
     streams = [rank["sampler"]["generator"] for rank in state["ranks"]]
     assert len(streams) == 2 and not torch.equal(streams[0], streams[1])
     assert torch.equal(streams[0], state["sampler"]["generator"])  # rank 0's, as in 1 process
+    assert load_checkpoint(two_ranks / "timed-rank0", "last")["step"] == 1
 
 
 def test_a_run_of_two_ranks_does_not_resume_in_one_process(two_ranks, tmp_path):
