@@ -157,7 +157,7 @@ class ClassStore:
     def create(cls, path: str | Path, meta: dict[str, Any], timeout: float = 30.0) -> ClassStore:
         """Open the store at ``path``, first making it (schema and ``meta``) if the file does
         not exist or is empty. An existing store is returned as it is: the caller checks that
-        its meta fits (e.g. :func:`check_same_run`)."""
+        its meta fits (e.g. :meth:`Recognizer.check_store`)."""
         path = Path(path)
         if path.exists() and not path.is_file():
             raise StoreError(f"{str(path)!r} is not a file")

@@ -223,7 +223,7 @@ class Recognizer:
         memory = PrototypeMemory(
             self._embed_raw, len(names), self.distance, self.p, self.temperature
         )
-        memory.means = sums / counts.unsqueeze(1).double()
+        memory.means = (sums / counts.unsqueeze(1).double()).to(self.learner.device)
         memory.counts = counts
         memory.seen[:] = True
         return names, memory
