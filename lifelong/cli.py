@@ -1,4 +1,5 @@
-"""The ``lifelong`` command line: train, evaluate, predict, datasets, download, demo, stream.
+"""The ``lifelong`` command line: train, evaluate, predict, datasets, download, demo, stream,
+reproduce, and the class store's learn, recognize, classes, forget, export, import, serve.
 
 Every command turns bad input (an unknown option value, settings that do not fit together or
 do not fit the data, a missing run folder, an unreadable image...) into one line on stderr and
@@ -10,6 +11,10 @@ Example:
     $ lifelong evaluate runs/p --episodes 1000 --json
     $ lifelong predict runs/p --support my_support/ --query q1.png q2.png
     $ lifelong stream runs/p --protocol task-sequence --json    # lifelong learning
+    $ lifelong reproduce maml-omniglot-5w1s --data-root DIR      # one paper row, end to end
+    $ lifelong learn runs/p --store shop.db --class mug m1.png m2.png
+    $ lifelong recognize --store shop.db photo.png --json
+    $ lifelong serve --store shop.db --port 8000                 # HTTP + web page
 """
 
 from __future__ import annotations
