@@ -81,10 +81,10 @@ RESUMABLE = (
     "val_every",
     "time_limit",
 )
+"""Options that may change when a run is resumed; all others must match the saved run."""
 NOT_SPLITTABLE = ("oml",)
 """Algorithms whose meta-batch is one whole (OML: one trajectory, a remember set drawn from all
 its episodes): they run in one process only."""
-"""Options that may change when a run is resumed; all others must match the saved run."""
 
 
 class TrainingDiverged(RuntimeError):

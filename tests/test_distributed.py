@@ -173,12 +173,17 @@ def _train_ranks(rank: int, folder: Path) -> None:
     # a time limit that ends the run after its first step: rank 0's clock decides for both
     timed = make_trainer(folder / f"timed-rank{rank}", "tiny", 1000, [rank], time_limit=1e-9)
     assert timed.fit().step == 1
+    with pytest.raises(ConfigError, match="meta_batch 3 cannot be split evenly over 2"):
+        make_trainer(folder / "never", "tiny", 1, [rank], meta_batch=3)
+    with pytest.raises(ConfigError, match="oml meta-trains on whole meta-batches"):
+        Trainer(TinyProto(), RunConfig(algorithm="oml"), None, folder / "never", FACTS)
 
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """MAML, ProtoNet and the fine-tuning baseline, 4 iterations each, on 2 ranks of 2
-    episodes (meta-batch 4); then a run stopped by its time limit."""
+    episodes (meta-batch 4); then a run stopped by its time limit, and the settings that
+    cannot be split over ranks (both ranks check them)."""
     folder = tmp_path_factory.mktemp("two_ranks")
     assert spawn(_train_ranks, folder) == [0, 0]
     return folder
@@ -209,6 +214,7 @@ def test_only_rank_zero_writes_files_and_the_checkpoint_holds_every_rank_stream(
         assert not (two_ranks / f"{algorithm}-rank1").exists()
         written = {p.name for p in (two_ranks / f"{algorithm}-rank0").iterdir()}
         assert {"metrics.csv", "last.json", "best.json"} <= written
+    assert not (two_ranks / "never").exists()
     state = load_checkpoint(two_ranks / "maml-rank0", "last")
     streams = [rank["sampler"]["generator"] for rank in state["ranks"]]
     assert len(streams) == 2 and not torch.equal(streams[0], streams[1])
