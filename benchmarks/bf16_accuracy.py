@@ -99,6 +99,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "results" / "bf16_accuracy.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    load_data(RunConfig(**SETTING))  # generated once, before any timing
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as folder:
         results = [run_seed(s, args.iterations, args.episodes, Path(folder)) for s in args.seeds]
