@@ -301,59 +301,64 @@ def rank_seed(seed: int, rank: int) -> int:
 # ------------------------------------------------------------------------------ batch norm
 class _GlobalBatchNormFunction(torch.autograd.Function):
     """Batch norm of ``x [n, C, ...]`` with the mean and variance of every rank's ``x``
-    together; the backward pass all-reduces the per-channel sums of ``dy`` and ``dy * x_hat``
-    (Ioffe & Szegedy 2015, eq. of section 3, with the batch being the union of the ranks')."""
+    together (Ioffe & Szegedy 2015, Algorithm 1, the mini-batch being the union of the ranks'
+    inputs). Forward: each rank's per-channel mean and variance (PyTorch's fused kernel),
+    all-reduced as sums of ``x`` and ``x^2`` in float64, then the fused normalisation with these
+    statistics. Backward: with ``x_hat = (x - mean) * invstd`` and ``N`` inputs in all,
+
+        dx = w * invstd * (dy - sum(dy) / N - x_hat * sum(dy * x_hat) / N)
+
+    where the two sums (also the gradients of the bias and the weight) are all-reduced; the
+    fused eval-mode backward gives ``w * invstd * dy`` and this rank's sums, and the rest is a
+    per-channel affine function of ``x`` added in place."""
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
     ) -> tuple[Tensor, Tensor, Tensor]:
-        dims = [0, *range(2, x.dim())]
-        var, mean = torch.var_mean(x.float(), dims, correction=0)
+        _, local_mean, local_invstd = torch.ops.aten.native_batch_norm(
+            x, None, None, None, None, True, 0.0, eps
+        )
         count = x.numel() // x.shape[1]
-        # sums of x and x^2 in float64: cancellation-safe for the global variance
-        sums = torch.cat(
-            [mean.double() * count, (var.double() + mean.double().square()) * count,
-             mean.new_tensor([count], dtype=torch.float64)]
-        )  # fmt: skip
+        mean64 = local_mean.double()
+        var64 = local_invstd.double().pow(-2) - eps
+        sums = torch.cat([mean64 * count, (var64 + mean64.square()) * count, mean64.new_ones(1)])
+        sums[-1] = count
         with collective("batch norm statistics"):
             dist.all_reduce(sums)
-        channels = x.shape[1]
-        total = sums[-1]
-        mean = sums[:channels] / total
-        var = (sums[channels : 2 * channels] / total - mean.square()).clamp_(min=0)
-        mean, var = mean.float(), var.float()
+        channels, total = x.shape[1], float(sums[-1])
+        mean64 = sums[:channels] / total
+        var64 = (sums[channels : 2 * channels] / total - mean64.square()).clamp_(min=0)
+        mean, var = mean64.float(), var64.float()
         y = torch.batch_norm(x, weight, bias, mean, var, False, 0.0, eps, False)
-        invstd = torch.rsqrt(var + eps)
-        ctx.save_for_backward(x, weight, mean, invstd)
-        ctx.total = float(total)
+        ctx.save_for_backward(x, weight, mean, var)
+        ctx.eps, ctx.total = eps, total
         ctx.mark_non_differentiable(mean, var)
-        return y, mean, var * (ctx.total / max(ctx.total - 1, 1))
+        return y, mean, (var64 * (total / max(total - 1, 1))).float()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(  # type: ignore[override]
         ctx: Any, dy: Tensor, _mean: Tensor, _var: Tensor
     ) -> tuple[Tensor | None, ...]:
-        x, weight, mean, invstd = ctx.saved_tensors
-        shape = [1, -1] + [1] * (x.dim() - 2)
-        dims = [0, *range(2, x.dim())]
-        dy32 = dy.float()
-        x_hat = (x.float() - mean.view(shape)) * invstd.view(shape)
-        local = torch.cat([dy32.sum(dims), (dy32 * x_hat).sum(dims)])
-        grad_bias, grad_weight = local.chunk(2)
-        sums = local.clone()
+        x, weight, mean, var = ctx.saved_tensors
+        w = torch.ones_like(mean) if weight is None else weight.float()
+        dx, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
+            dy, x, w, mean, var, None, None, False, ctx.eps, [True, True, True]
+        )  # dx = w * invstd * dy; grad_weight = sum(dy * x_hat); grad_bias = sum(dy)
+        sums = torch.cat([grad_bias, grad_weight]).double()
         with collective("batch norm gradients"):
             dist.all_reduce(sums)
         mean_dy, mean_dy_xhat = (sums / ctx.total).chunk(2)
-        scale = invstd if weight is None else invstd * weight.float()
-        dx = (dy32 - mean_dy.view(shape) - x_hat * mean_dy_xhat.view(shape)) * scale.view(shape)
-        return (
-            dx.to(x.dtype),
-            None if weight is None else grad_weight.to(weight.dtype),
-            None if weight is None else grad_bias.to(weight.dtype),
-            None,
-        )
+        invstd = (var.double() + ctx.eps).rsqrt()
+        slope = w.double() * invstd.square() * mean_dy_xhat  # dx -= slope * (x - mean) ...
+        offset = w.double() * invstd * mean_dy - slope * mean.double()  # ... + w*invstd*mean_dy
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        dx = dx.addcmul_(x, slope.to(dx.dtype).view(shape), value=-1)
+        dx = dx.sub_(offset.to(dx.dtype).view(shape))
+        if weight is None:
+            return dx, None, None, None
+        return dx, grad_weight.to(weight.dtype), grad_bias.to(weight.dtype), None
 
 
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
