@@ -34,6 +34,7 @@ import yaml
 
 from lifelong.config import RunConfig
 from lifelong.continual.cli import stream_command
+from lifelong.distributed import World
 from lifelong.reproduce import reproduce_command
 
 app = typer.Typer(
@@ -191,7 +192,7 @@ def train(
         ),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:INDEX.")] = None,
     deterministic: Annotated[
         bool | None,
         typer.Option("--deterministic/--nondeterministic", help="Deterministic GPU kernels."),
@@ -240,7 +241,8 @@ def train(
     summary = f"trained {result.step} iterations into {result.run_dir}"
     if result.best_metric is not None:
         summary += f"; best validation {result.best_metric:.4f} at iteration {result.best_step}"
-    typer.echo(summary)
+    if World.current().is_main:  # under torchrun, one summary
+        typer.echo(summary)
 
 
 def _flag_value(value: Any) -> Any:
@@ -329,7 +331,7 @@ def predict(
         list[Path] | None, typer.Option(help="Query image file or folder (repeatable).")
     ] = None,
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:INDEX.")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Learn new classes from a few images (--support), then classify --query images.
