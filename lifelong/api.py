@@ -195,6 +195,23 @@ def image_files(folder: Path) -> list[Path]:
     )
 
 
+def image_paths(items: list[Path], what: str = "") -> list[Path]:
+    """Files as given, folders as their image files (:func:`image_files`); a missing path or
+    an empty folder is a ``ValueError`` (``what`` prefixes its nouns, e.g. ``"query "``)."""
+    paths: list[Path] = []
+    for item in items:
+        if item.is_dir():
+            found = image_files(item)
+            if not found:
+                raise ValueError(f"{what}folder {str(item)!r} has no images")
+            paths += found
+        elif item.is_file():
+            paths.append(item)
+        else:
+            raise ValueError(f"{what}image {str(item)!r} does not exist")
+    return paths
+
+
 def _tensor_image(tensor: Tensor, channels: int, index: int) -> Image.Image:
     if tensor.dim() == 2:
         tensor = tensor[None]

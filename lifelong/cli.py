@@ -339,7 +339,7 @@ def predict(
     Query images are files or folders of images, given with --query or after the options:
     `lifelong predict RUN --support DIR --query a.png b.png more/`.
     """
-    from lifelong.api import image_files, image_folder, load
+    from lifelong.api import image_folder, image_paths, load
 
     if support is None or not (query or more):
         raise fail("predict needs --support DIR and at least one --query image or folder")
@@ -347,17 +347,7 @@ def predict(
     if learner.facts.regression:
         raise fail(f"{str(run_dir)!r} is a regression run; predict classifies images")
     paths, labels = image_folder(support)
-    queries: list[Path] = []
-    for item in [*(query or []), *(more or [])]:
-        if item.is_dir():
-            found = image_files(item)
-            if not found:
-                raise fail(f"query folder {str(item)!r} has no images")
-            queries += found
-        elif item.is_file():
-            queries.append(item)
-        else:
-            raise fail(f"query image {str(item)!r} does not exist")
+    queries = image_paths([*(query or []), *(more or [])], what="query ")
     predictions = learner.adapt(paths, labels).predict(queries)
     if as_json:
         rows = [

@@ -31,25 +31,6 @@ RunOption = Annotated[
 DeviceOption = Annotated[str, typer.Option(help="cpu or cuda.")]
 
 
-def image_paths(items: list[Path]) -> list[Path]:
-    """Files as given, folders as their image files; a missing path or empty folder is an
-    error."""
-    from lifelong.api import image_files
-
-    paths: list[Path] = []
-    for item in items:
-        if item.is_dir():
-            found = image_files(item)
-            if not found:
-                raise ValueError(f"folder {str(item)!r} has no images")
-            paths += found
-        elif item.is_file():
-            paths.append(item)
-        else:
-            raise ValueError(f"image {str(item)!r} does not exist")
-    return paths
-
-
 def learn_command(
     run_dir: Annotated[
         Path, typer.Argument(metavar="RUN_DIR", help="A run folder made by `lifelong train`.")
@@ -70,6 +51,7 @@ def learn_command(
 ) -> None:
     """Teach the store a class (new, or more examples of a known one) from a few images;
     the store is made, for this run, if it does not exist."""
+    from lifelong.api import image_paths
     from lifelong.store.recognizer import ImageFile, Recognizer, open_store
 
     files = [ImageFile.read(p) for p in image_paths(images)]
@@ -122,6 +104,7 @@ def recognize_command(
     as_json: JsonOption = False,
 ) -> None:
     """Recognise images among the store's classes, or answer "unknown"."""
+    from lifelong.api import image_paths
     from lifelong.store.db import ClassStore
     from lifelong.store.recognizer import ImageFile, recognizer_for
 
