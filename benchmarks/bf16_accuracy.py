@@ -28,10 +28,12 @@ from pathlib import Path
 
 import torch
 
-from lifelong.build import load_data, load_trained
-from lifelong.config import RunConfig
-from lifelong.evaluate import confidence_interval, episode_metrics
-from lifelong.train import train
+from lifelong.pipeline.data import load_data
+
+from lifelong.pipeline.trained import load_trained
+from lifelong.pipeline.config import RunConfig
+from lifelong.pipeline.evaluate import confidence_interval, episode_metrics
+from lifelong.pipeline.train import train
 
 HERE = Path(__file__).resolve().parent
 SETTING = {

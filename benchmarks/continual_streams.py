@@ -1,7 +1,7 @@
 """Lifelong-learning protocols, every learner side by side, with the settings chosen fairly.
 
 Runs one protocol of :mod:`lifelong.continual.protocols` for several ``LEARNER@RUN`` entries (a
-learner of :data:`lifelong.continual.learners.LEARNERS` on a run folder) and writes their
+learner of :data:`lifelong.continual.registry.LEARNERS` on a run folder) and writes their
 summaries and one plot:
 
 * ``continual-omniglot`` (Javed & White 2019; Beaulieu et al. 2020): the Omniglot evaluation set
@@ -22,10 +22,10 @@ reported streams (seeds 0..seeds-1, test classes) are used once.
 
 Usage:
     python benchmarks/continual_streams.py --data-root /work/shared/data/omniglot \\
-        --entry prototypes@runs/co-proto --entry oml@runs/co-oml \\
-        --entry finetune@runs/co-oml --entry replay@runs/co-oml --seeds 10
+        --entry prototypes@runs/co-proto --entry online-sgd@runs/co-oml \\
+        --entry online-finetune@runs/co-oml --entry replay@runs/co-oml --seeds 10
     python benchmarks/continual_streams.py --protocol incremental-sine \\
-        --entry oml@runs/sine-oml --entry finetune@runs/sine-oml --seeds 20
+        --entry online-sgd@runs/sine-oml --entry online-finetune@runs/sine-oml --seeds 20
 
 Writes ``benchmarks/results/continual_{protocol}.json`` (after every entry) and ``.png``
 (``--out`` changes the stem); ``--merge REPORT.json`` takes the entries of an earlier report
@@ -45,9 +45,9 @@ from pathlib import Path
 
 import torch
 
-from lifelong.continual.learners import LearnerSettings
 from lifelong.continual.plots import plot_results
-from lifelong.continual.protocols import PROTOCOLS, StreamResult, run_protocol
+from lifelong.continual.protocols import StreamResult, run_protocol
+from lifelong.continual.registry import PROTOCOLS, LearnerSettings
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_GRID = (0.3, 0.1, 0.03, 0.01, 0.003, 0.001)

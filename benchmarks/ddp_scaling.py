@@ -1,6 +1,6 @@
 """Distributed scaling: meta-iterations per second on 1 and 2 ranks, and parallel efficiency.
 
-A meta-iteration is :meth:`lifelong.train.Trainer.train_step`, the step of a real run: draw
+A meta-iteration is :meth:`lifelong.pipeline.train.Trainer.train_step`, the step of a real run: draw
 this rank's share of the meta-batch, move it to the device, meta-loss, backward, all-reduce of
 the meta-gradient (with 2 ranks: gloo on the CPU), gradient clipping, Adam. Settings:
 
@@ -43,13 +43,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from lifelong.allocator import keep_freed_memory
-from lifelong.build import DataFacts, build_algorithm
-from lifelong.config import RunConfig
+from lifelong.pipeline.allocator import keep_freed_memory
+from lifelong.pipeline.data import DataFacts
+from lifelong.pipeline.factory import build_algorithm
+from lifelong.pipeline.config import RunConfig
 from lifelong.data.classes import ClassDataset, ClassInfo
 from lifelong.data.episodes import EpisodeSampler
-from lifelong.distributed import rank_seed
-from lifelong.train import Trainer, seed_everything
+from lifelong.pipeline.distributed import rank_seed
+from lifelong.pipeline.train import Trainer, seed_everything
 
 HERE = Path(__file__).resolve().parent
 CLASSES, PER_CLASS = 200, 20

@@ -49,7 +49,7 @@ from pathlib import Path
 import torch
 
 from lifelong.algorithms.maml import MAML
-from lifelong.allocator import keep_freed_memory
+from lifelong.pipeline.allocator import keep_freed_memory
 from lifelong.data.episodes import EpisodeBatch
 from lifelong.models.conv4 import Conv4
 

@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from lifelong.allocator import keep_freed_memory
+from lifelong.pipeline.allocator import keep_freed_memory
 
 HERE = Path(__file__).resolve().parent
 WAYS, SHOTS, QUERIES = 60, 5, 5

@@ -50,8 +50,8 @@ from test_store import CLASSES, stroke_images  # noqa: E402
 
 def train_run(out: Path) -> Path:
     """A Conv-4 (64 filters) ProtoNet on strokes, a few iterations."""
-    from lifelong.config import RunConfig
-    from lifelong.train import train
+    from lifelong.pipeline.config import RunConfig
+    from lifelong.pipeline.train import train
 
     config = RunConfig(
         algorithm="protonet", dataset="strokes",

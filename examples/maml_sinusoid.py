@@ -17,7 +17,7 @@ import torch
 
 from lifelong.algorithms.maml import MAML
 from lifelong.data.sinusoid import SinusoidSampler
-from lifelong.evaluate import evaluate
+from lifelong.pipeline.evaluate import evaluate
 from lifelong.models.mlp import MLP
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -18,7 +18,7 @@ import torch
 from lifelong.algorithms.protonet import ProtoNet
 from lifelong.data.episodes import EpisodeSampler
 from lifelong.data.registry import load_dataset
-from lifelong.evaluate import evaluate
+from lifelong.pipeline.evaluate import evaluate
 from lifelong.models.conv4 import Conv4
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

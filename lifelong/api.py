@@ -37,11 +37,12 @@ from PIL import Image
 from torch import Tensor
 
 from lifelong.algorithms.base import Predictor
-from lifelong.build import FIXED_HEAD, Trained, background_of, load_trained, resolve_device
-from lifelong.data.images import open_image, to_tensor
+from lifelong.data.images import IMAGE_SUFFIXES, open_image, to_tensor
+from lifelong.pipeline.data import background_of
+from lifelong.pipeline.device import resolve_device
+from lifelong.pipeline.trained import Trained, load_trained
 
 ImageLike = str | Path | Image.Image | Tensor
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ class Learner:
                 raise ValueError(f"{x.shape[0]} support images but {len(labels)} labels")
             self.classes = list(dict.fromkeys(str(label) for label in labels))
             y = torch.tensor([self.classes.index(str(label)) for label in labels])
-            if self.config.algorithm in FIXED_HEAD and len(self.classes) != self.config.ways:
+            if self.run.algorithm.fixed_head and len(self.classes) != self.config.ways:
                 raise ValueError(
                     f"this {self.config.algorithm} run has a {self.config.ways}-way head, but the "
                     f"support set has {len(self.classes)} classes"

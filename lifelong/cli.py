@@ -20,21 +20,24 @@ Example:
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
+import re
 import sys
+import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
-from typing import Annotated, Any, NamedTuple, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 import yaml
 
-from lifelong.config import RunConfig
 from lifelong.continual.cli import stream_command
-from lifelong.distributed import World
+from lifelong.demo import demo_command
+from lifelong.pipeline.config import RunConfig
 from lifelong.reproduce import reproduce_command
 
 app = typer.Typer(
@@ -46,23 +49,36 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
-DEMO_OUT = Path("runs/demo")
+OPTIONS = {f.name for f in fields(RunConfig)}
+
+
+def as_flags(message: str) -> str:
+    """A library message with its options (written `name`) as the command line's flags."""
+    return re.sub(
+        r"`([a-z_]+)`",
+        lambda m: f"--{m[1].replace('_', '-')}" if m[1] in OPTIONS else m[0],
+        message,
+    )
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print ``error: message`` (one line) on stderr; the caller raises the returned Exit."""
-    typer.echo(f"error: {' '.join(message.split())}", err=True)
+    """Print ``error: message`` (one line, options as flags) on stderr; the caller raises the
+    returned Exit."""
+    typer.echo(f"error: {as_flags(' '.join(message.split()))}", err=True)
     return typer.Exit(code)
 
 
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Bad input becomes one line on stderr and exit status 1 (no traceback)."""
-    from lifelong.train import TrainingDiverged
-
     try:
         yield
-    except (ValueError, OSError, TrainingDiverged) as err:
+    except (ValueError, OSError, RuntimeError) as err:
+        if isinstance(err, RuntimeError):  # torch is loaded when training raises
+            from lifelong.pipeline.train import TrainingDiverged
+
+            if not isinstance(err, TrainingDiverged):
+                raise
         if os.environ.get("LIFELONG_DEBUG"):
             raise
         if isinstance(err, OSError) and err.strerror and err.filename:
@@ -84,159 +100,68 @@ def clean_errors(command: F) -> F:
 
 
 # --------------------------------------------------------------------------------- train
-@app.command()
-@clean_errors
+def train_options() -> list[inspect.Parameter]:
+    """One option per :class:`~lifelong.pipeline.config.RunConfig` field, its help and short
+    flag from the field's metadata (``--x/--no-x`` for booleans; ``hidden`` as a comma list;
+    ``dataset_options`` as repeatable ``--dataset-option KEY=VALUE``)."""
+    hints = typing.get_type_hints(RunConfig)
+    params = []
+    for f in fields(RunConfig):
+        meta, flag = f.metadata, f"--{f.name.replace('_', '-')}"
+        names = [flag] if meta["short"] is None else [flag, meta["short"]]
+        kinds = [k for k in typing.get_args(hints[f.name]) if k is not type(None)] or [
+            hints[f.name]
+        ]
+        kind: Any = kinds[0]
+        if kind is bool:
+            names = [f"{flag}/--no-{flag[2:]}"]
+        elif f.name == "dataset_options":
+            names, kind = ["--dataset-option"], list[str]
+        elif typing.get_origin(kind) is not None:  # hidden: "64" or "40,40"
+            kind = str
+        params.append(
+            inspect.Parameter(
+                f.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=None,
+                annotation=Annotated[kind | None, typer.Option(*names, help=meta["help"])],
+            )
+        )
+    return params
+
+
 def train(
-    algorithm: Annotated[
-        str | None,
-        typer.Option(
-            "--algorithm",
-            "-a",
-            help="maml, fomaml, anil, metasgd, reptile, protonet, finetune, oml",
-        ),
-    ] = None,
-    dataset: Annotated[
-        str | None,
-        typer.Option(
-            "--dataset", "-d", help="strokes, omniglot, miniimagenet, cifar-fs, fc100, ..."
-        ),
-    ] = None,
-    data_root: Annotated[
-        str | None, typer.Option(help="Dataset folder (default: the cache folder).")
-    ] = None,
-    class_split: Annotated[
-        str | None, typer.Option(help="Omniglot class split: vinyals or lake.")
-    ] = None,
-    rotations: Annotated[
-        bool | None, typer.Option("--rotations/--no-rotations", help="Rotation classes.")
-    ] = None,
-    image_size: Annotated[int | None, typer.Option(help="Image height = width in pixels.")] = None,
-    dataset_option: Annotated[
-        list[str] | None,
-        typer.Option(help="Loader option KEY=VALUE, repeatable (strokes: classes=200)."),
-    ] = None,
-    train_split: Annotated[
-        str | None,
-        typer.Option(help="Meta-train on train, or trainval (no validation then)."),
-    ] = None,
-    ways: Annotated[
-        int | None, typer.Option("--ways", "-n", help="Classes per training episode.")
-    ] = None,
-    shots: Annotated[
-        int | None, typer.Option("--shots", "-k", help="Support examples per class.")
-    ] = None,
-    queries: Annotated[
-        int | None, typer.Option("--queries", "-q", help="Query examples per class.")
-    ] = None,
-    test_ways: Annotated[int | None, typer.Option(help="Ways of validation/test episodes.")] = None,
-    test_shots: Annotated[
-        int | None, typer.Option(help="Shots of validation/test episodes.")
-    ] = None,
-    test_queries: Annotated[
-        int | None, typer.Option(help="Queries of validation/test episodes.")
-    ] = None,
-    meta_batch: Annotated[int | None, typer.Option(help="Episodes per meta-update.")] = None,
-    iterations: Annotated[int | None, typer.Option(help="Meta-updates.")] = None,
-    meta_lr: Annotated[
-        float | None, typer.Option(help="Adam learning rate of the meta-update.")
-    ] = None,
-    lr_schedule: Annotated[str | None, typer.Option(help="none, cosine or step.")] = None,
-    lr_step: Annotated[
-        int | None, typer.Option(help="step schedule: iterations between decays.")
-    ] = None,
-    lr_gamma: Annotated[float | None, typer.Option(help="step schedule: decay factor.")] = None,
-    grad_clip: Annotated[float | None, typer.Option(help="Clip the meta-gradient norm.")] = None,
-    inner_lr: Annotated[
-        float | None, typer.Option(help="Inner-loop (or FineTune head) learning rate.")
-    ] = None,
-    inner_steps: Annotated[
-        int | None, typer.Option(help="Inner-loop steps while meta-training.")
-    ] = None,
-    eval_inner_steps: Annotated[
-        int | None, typer.Option(help="Inner-loop steps at test time.")
-    ] = None,
-    per_step_lr: Annotated[
-        bool | None,
-        typer.Option("--per-step-lr/--no-per-step-lr", help="MAML++: learned rate per step."),
-    ] = None,
-    multi_step_loss: Annotated[
-        bool | None,
-        typer.Option(
-            "--multi-step-loss/--no-multi-step-loss", help="MAML++: query loss after each step."
-        ),
-    ] = None,
-    backbone: Annotated[str | None, typer.Option(help="conv4, resnet12 or mlp.")] = None,
-    hidden: Annotated[
-        str | None, typer.Option(help="conv4: filters (64); mlp: widths, e.g. 40,40.")
-    ] = None,
-    strided: Annotated[
-        bool | None, typer.Option("--strided/--no-strided", help="MAML's strided Conv-4.")
-    ] = None,
-    distance: Annotated[
-        str | None, typer.Option(help="ProtoNet: sqeuclidean, euclidean, lp, cosine.")
-    ] = None,
-    distance_p: Annotated[
-        float | None, typer.Option(help="ProtoNet: p of the lp distance.")
-    ] = None,
-    temperature: Annotated[
-        float | None, typer.Option(help="ProtoNet: logits are -distance / temperature.")
-    ] = None,
-    precision: Annotated[
-        str | None,
-        typer.Option(help="ProtoNet/finetune encoder dtype: float32, bfloat16, float16."),
-    ] = None,
-    channels_last: Annotated[
-        bool | None,
-        typer.Option(
-            "--channels-last/--no-channels-last", help="ProtoNet/finetune encoder layout."
-        ),
-    ] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:INDEX.")] = None,
-    deterministic: Annotated[
-        bool | None,
-        typer.Option("--deterministic/--nondeterministic", help="Deterministic GPU kernels."),
-    ] = None,
-    val_every: Annotated[int | None, typer.Option(help="Validate every N iterations.")] = None,
-    val_episodes: Annotated[int | None, typer.Option(help="Fixed validation episodes.")] = None,
-    test_episodes: Annotated[
-        int | None, typer.Option(help="Default episodes of `lifelong evaluate`.")
-    ] = None,
-    checkpoint_every: Annotated[
-        int | None, typer.Option(help="Checkpoint every N iterations.")
-    ] = None,
-    time_limit: Annotated[
-        float | None,
-        typer.Option(help="Stop after this many minutes (checkpoint and validation first)."),
-    ] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder.")] = None,
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="YAML file of options.")
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+    **flags: Any,
 ) -> None:
     """Meta-train a learner into --out RUN_DIR.
 
-    Settings: the defaults, overridden by the --config YAML file, overridden by the flags;
-    the resolved settings are saved as RUN_DIR/config.yaml.
+    Settings: the built-in defaults, then the algorithm's own (its paper's: `lifelong
+    algorithms` lists them), then the --config YAML file, then the flags; RUN_DIR/config.yaml
+    records every value and where it came from.
     """
-    from lifelong.train import train as train_run
-
-    given = {k: v for k, v in locals().items() if k in {f.name for f in fields(RunConfig)}}
     if resume:
+        out = flags.get("out")
         if out is None:
             raise fail("--resume needs --out RUN_DIR")
-        saved = out / "config.yaml"
+        saved = Path(out) / "config.yaml"
         if not saved.is_file():
-            raise fail(f"nothing to resume: {str(out)!r} has no config.yaml")
+            raise fail(f"nothing to resume: {out!r} has no config.yaml")
         if config is not None:
             raise fail("--resume continues with the run's own config.yaml; leave out --config")
         base = RunConfig.from_yaml(saved)
     else:
         base = RunConfig.from_yaml(config) if config is not None else RunConfig()
-    given["dataset_options"] = _key_values(dataset_option, base.dataset_options)
-    cfg = base.override(**{k: None if v is None else _flag_value(v) for k, v in given.items()})
+    flags["dataset_options"] = _key_values(flags.get("dataset_options"), base.dataset_options)
+    cfg = base.override(source="flag", **flags)
+
+    from lifelong.pipeline.distributed import World
+    from lifelong.pipeline.train import train as train_run
+
     result = train_run(cfg, resume=resume, progress=not quiet)
     summary = f"trained {result.step} iterations into {result.run_dir}"
     if result.best_metric is not None:
@@ -245,8 +170,15 @@ def train(
         typer.echo(summary)
 
 
-def _flag_value(value: Any) -> Any:
-    return str(value) if isinstance(value, Path) else value
+train.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [
+        p
+        for p in inspect.signature(train, eval_str=True).parameters.values()
+        if p.kind != p.VAR_KEYWORD
+    ]
+    + train_options()
+)
+app.command("train")(clean_errors(train))
 
 
 def _key_values(items: list[str] | None, base: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -260,6 +192,30 @@ def _key_values(items: list[str] | None, base: dict[str, Any] | None) -> dict[st
             raise fail(f"--dataset-option takes KEY=VALUE, got {item!r}")
         options[key.strip()] = yaml.safe_load(value)
     return options
+
+
+@app.command()
+@clean_errors
+def algorithms() -> None:
+    """List the algorithms: their paper defaults and what they can do."""
+    from lifelong.algorithms.registry import algorithm_classes
+
+    for name, cls in algorithm_classes().items():
+        facts = [
+            fact
+            for fact, true in (
+                ("fixed head", cls.fixed_head),
+                ("per-task batch norm", cls.task_batch_norm),
+                ("regression", cls.solves_regression),
+                ("one process only", not cls.splittable),
+                ("backs a class store", cls.can_back_store()),
+            )
+            if true
+        ]
+        defaults = ", ".join(f"{k}={v}" for k, v in cls.defaults.items()) or "-"
+        typer.echo(f"{name:<9} {cls.__name__:<9} defaults: {defaults}; {', '.join(facts)}")
+        for dataset, values in cls.dataset_defaults.items():
+            typer.echo(f"{'':<19} on {dataset}: {', '.join(f'{k}={v}' for k, v in values.items())}")
 
 
 # --------------------------------------------------------------------------------- evaluate
@@ -296,7 +252,7 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Test a run: mean accuracy (or MSE) and 95% confidence interval on fixed episodes."""
-    from lifelong.evaluate import evaluate_run
+    from lifelong.pipeline.evaluate import evaluate_run
 
     result = evaluate_run(
         run_dir,
@@ -399,154 +355,7 @@ def download(
     typer.echo(f"{name}: {where}")
 
 
-# --------------------------------------------------------------------------------- demo
-class DemoRun(NamedTuple):
-    name: str  # the run folder under --out
-    method: str
-    share: float  # of the training minutes
-    options: dict[str, Any]
-
-
-DEMO_RUNS = (  # small models, so that minutes on 2 CPU cores suffice
-    DemoRun(
-        "protonet", "ProtoNet, Conv-4 (32 filters)", 0.35,
-        dict(algorithm="protonet", dataset="strokes", ways=5, shots=1, queries=5, meta_batch=4,
-             hidden=(32,)),
-    ),
-    DemoRun(
-        "maml", "MAML, strided Conv-4 (32 filters)", 0.45,
-        dict(algorithm="maml", dataset="strokes", ways=5, shots=1, queries=5, meta_batch=4,
-             hidden=(32,), strided=True, inner_lr=0.4, inner_steps=1, eval_inner_steps=3),
-    ),
-    DemoRun(
-        "sinusoid", "MAML, MLP 40-40", 0.2,
-        dict(algorithm="maml", dataset="sinusoid", backbone="mlp", shots=10, queries=10,
-             meta_batch=25, inner_lr=0.01, inner_steps=1),
-    ),
-)  # fmt: skip
-
-
-@app.command()
-@clean_errors
-def demo(
-    minutes: Annotated[float, typer.Option(help="Training time of the three runs.")] = 3.0,
-    out: Annotated[Path, typer.Option(help="Folder of the runs, table and plot.")] = DEMO_OUT,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    episodes: Annotated[int, typer.Option(help="Test episodes per method.")] = 300,
-) -> None:
-    """Meta-train ProtoNet and MAML for a few minutes and test them: a table and a plot.
-
-    ProtoNet and MAML learn the built-in strokes characters, MAML learns sinusoids; each is
-    tested on held-out classes (or new sinusoids) with a 95% confidence interval, next to a
-    nearest-mean classifier on raw pixels. The table goes to the terminal and OUT/demo.json,
-    the plot to OUT/demo.png; the runs are in OUT/protonet, OUT/maml and OUT/sinusoid.
-    """
-    import shutil
-
-    from torch import nn
-
-    from lifelong.algorithms.protonet import ProtoNet
-    from lifelong.build import load_data
-    from lifelong.evaluate import evaluate as evaluate_algorithm
-    from lifelong.evaluate import evaluate_run
-    from lifelong.train import train as train_run
-
-    if minutes <= 0 or episodes < 2:
-        raise fail(
-            f"--minutes must be positive and --episodes at least 2, got {minutes}, {episodes}"
-        )
-    strokes = load_data(RunConfig(**DEMO_RUNS[0].options))
-    pixels = evaluate_algorithm(
-        ProtoNet(nn.Flatten()), strokes.sampler("test", seed).fixed(episodes, seed)
-    )
-    rows = [("nearest class mean of the pixels", "strokes", 0, pixels)]
-    for run in DEMO_RUNS:
-        run_dir = out / run.name
-        if (run_dir / "config.yaml").is_file():
-            shutil.rmtree(run_dir)  # the demo's own earlier run
-        cfg = RunConfig(
-            **run.options, seed=seed, iterations=10**9, val_every=200, val_episodes=40,
-            checkpoint_every=10**9, time_limit=run.share * minutes, out=str(run_dir),
-        )  # fmt: skip
-        typer.echo(f"{run.method} on {cfg.dataset}: {run.share * minutes:.1f} min", err=True)
-        trained = train_run(cfg)
-        result = evaluate_run(run_dir, episodes=episodes, seed=seed)
-        rows.append((run.method, cfg.dataset, trained.step, result))
-    table = [("method", "task", "iterations", "test result (mean ± 95% CI)")]
-    for method, data, steps, e in rows:
-        task = f"{data} {e.ways}-way {e.shots}-shot" if e.ways else f"{data} {e.shots}-shot"
-        table.append((method, task, str(steps), str(e).split(" (")[0]))
-    widths = [max(len(row[c]) for row in table) for c in range(4)]
-    for row in table:
-        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-    summary = [{"method": m, "data": d, "iterations": i, **e.to_dict()} for m, d, i, e in rows]
-    (out / "demo.json").write_text(json.dumps(summary, indent=1) + "\n")
-    typer.echo(f"plot: {demo_plot(out, rows, seed)}")
-
-
-def demo_plot(out: Path, rows: list[tuple[str, str, int, Any]], seed: int) -> Path:
-    """Test accuracies with their CIs, validation curves, and one adapted sinusoid."""
-    import csv
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import torch
-
-    from lifelong.api import load
-    from lifelong.build import load_data
-
-    fig, (bars, curves, wave) = plt.subplots(1, 3, figsize=(15, 4.2))
-    strokes = [r for r in rows if r[1] == "strokes"]
-    bars.bar(
-        range(len(strokes)),
-        [100 * r[3].mean for r in strokes],
-        yerr=[100 * (r[3].ci95 or 0) for r in strokes],
-        capsize=4,
-        color=["0.6", "tab:blue", "tab:orange"],
-    )
-    bars.set_xticks(range(len(strokes)), ["pixels", "ProtoNet", "MAML"])
-    bars.axhline(100 / strokes[0][3].ways, color="k", ls=":", lw=1, label="chance")
-    bars.set(ylabel="test accuracy (%)", title="strokes: held-out classes, 5-way 1-shot")
-    bars.legend()
-    for run, color in zip(DEMO_RUNS[:2], ("tab:blue", "tab:orange"), strict=True):
-        with (out / run.name / "metrics.csv").open() as f:
-            log = list(csv.DictReader(f))
-        for split, style, label in (
-            ("train", "-", "meta-batch queries"),
-            ("val", "o", "validation"),
-        ):
-            points = [
-                (int(r["step"]), 100 * float(r["metric"])) for r in log if r["split"] == split
-            ]
-            steps, accuracy = torch.tensor(points).T
-            if split == "train":  # a running mean over 20 iterations
-                window = min(20, len(accuracy))
-                accuracy = accuracy.unfold(0, window, 1).mean(1)
-                steps = steps[window - 1 :]
-            curves.plot(steps, accuracy, style, color=color,
-                        label=f"{run.method.split(',')[0]}, {label}")  # fmt: skip
-    curves.set(xlabel="iteration", ylabel="accuracy (%)", title="meta-training on strokes")
-    curves.legend(fontsize=8)
-    learner = load(out / "sinusoid")
-    tasks = load_data(learner.config).sampler("test", seed).fixed(1, seed)
-    task = next(iter(tasks.batches(1)))
-    grid = torch.linspace(-5, 5, 200)
-    learner.adapt(task.support_x[0], task.support_y[0])
-    wave.plot(grid, tasks.curves(grid)[0], color="k", lw=1, label="true function")
-    wave.plot(grid, learner.predict(grid)[:, 0], color="tab:orange", label="MAML, adapted")
-    wave.scatter(task.support_x[0, :, 0], task.support_y[0, :, 0], marker="^", s=40,
-                 color="tab:red", zorder=3, label="support (10 shots)")  # fmt: skip
-    wave.set(xlabel="x", ylabel="y", title="sinusoid regression: one new task")
-    wave.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "demo.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
+app.command("demo")(clean_errors(demo_command))
 app.command("stream")(clean_errors(stream_command))
 app.command("reproduce")(clean_errors(reproduce_command))
 

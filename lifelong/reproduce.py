@@ -1,7 +1,7 @@
 """Reproduce published results: one row file per training, tested as the paper tests it.
 
 A *row* (``configs/reproduce/<row>.yaml``) is one meta-training run of a paper's table: the
-run's settings (``train:``, any :class:`~lifelong.config.RunConfig` options), the time budget
+run's settings (``train:``, any :class:`~lifelong.pipeline.config.RunConfig` options), the time budget
 it runs under here (``budget_minutes``), one or more test settings (``evaluate:``), each with
 the published value it is compared with, and the ways in which our setting differs from the
 paper (``differences:``)::
@@ -28,7 +28,7 @@ and on 20-way tasks; the sinusoid rows test after 1, 5 and 10 steps.
 
 :func:`reproduce` trains the row into a run folder (resuming an interrupted one, and counting
 the time of earlier sessions against the budget), tests it on the paper's number of fixed test
-episodes (:func:`lifelong.evaluate.evaluate_run`: mean and 95% confidence interval) and appends
+episodes (:func:`lifelong.pipeline.evaluate.evaluate_run`: mean and 95% confidence interval) and appends
 one JSON line to ``benchmarks/results/reproduce.jsonl``: the row, the paper's values, ours,
 iterations, training wall-clock, time limit, machine, versions, commit and the differences.
 ``benchmarks/reproduce_table.py`` turns that file into the README's table and plot.
@@ -60,12 +60,15 @@ import typer
 import yaml
 
 from lifelong import __version__
-from lifelong.build import REGRESSION_DATASETS, load_data, load_trained, resolve_device
-from lifelong.checkpoint import has_checkpoint, load_checkpoint
-from lifelong.config import ConfigError, RunConfig, atomic_write
-from lifelong.data.registry import DATASETS
-from lifelong.evaluate import Evaluation, evaluate_run
-from lifelong.train import RESUMABLE, train
+from lifelong.data.registry import DATASETS, dataset_info
+from lifelong.files import atomic_write
+from lifelong.pipeline.checkpoint import has_checkpoint, load_checkpoint
+from lifelong.pipeline.config import ConfigError, RunConfig
+from lifelong.pipeline.data import episode_count, load_data
+from lifelong.pipeline.device import resolve_device
+from lifelong.pipeline.evaluate import Evaluation, evaluate_run
+from lifelong.pipeline.train import RESUMABLE, train
+from lifelong.pipeline.trained import load_trained
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS_DIR = ROOT / "configs" / "reproduce"
@@ -135,7 +138,7 @@ class Row:
     @property
     def metric(self) -> str:
         """``mse`` on regression data, else ``accuracy``."""
-        return "mse" if self.train.dataset in REGRESSION_DATASETS else "accuracy"
+        return "mse" if dataset_info(self.train.dataset).regression else "accuracy"
 
 
 # ------------------------------------------------------------------------------ row files
@@ -241,7 +244,7 @@ def _test(values: Any, where: str, train_config: RunConfig) -> RowTest:
         ways=None if values.get("ways") is None else cfg.test_ways,
         shots=cfg.episode_shape("test")[1],
         queries=cfg.episode_shape("test")[2],
-        episodes=cfg.default_test_episodes,
+        episodes=episode_count(cfg),
         inner_steps=None if values.get("inner_steps") is None else cfg.eval_inner_steps,
         paper=PaperValue(
             None if value is None else float(value),
@@ -396,7 +399,7 @@ def git_commit() -> tuple[str | None, bool | None]:
 
 
 def config_differences(row: Row, run_dir: Path) -> dict[str, list[Any]]:
-    """Options (other than :data:`lifelong.train.RESUMABLE`) in which the run's saved config
+    """Options (other than :data:`lifelong.pipeline.train.RESUMABLE`) in which the run's saved config
     differs from the row's: ``{option: [row's value, run's value]}``."""
     saved = RunConfig.from_yaml(run_dir / "config.yaml")
     return {

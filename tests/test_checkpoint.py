@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from lifelong.checkpoint import (
+from lifelong.pipeline.checkpoint import (
     CheckpointError,
     decode,
     encode,

@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 import lifelong.cli
-from lifelong.checkpoint import load_checkpoint
+import lifelong.demo
+from lifelong.pipeline.checkpoint import load_checkpoint
 from lifelong.cli import main
 from lifelong.data.strokes import load_strokes
 
@@ -45,7 +46,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_train_writes_a_complete_run(run_dir):
     config = (run_dir / "config.yaml").read_text()
-    assert "algorithm: protonet" in config and "ways: 3" in config
+    assert 'algorithm: "protonet"  # from: flag' in config and "ways: 3  # from: flag" in config
     assert load_checkpoint(run_dir, "last")["step"] == 4
     assert load_checkpoint(run_dir, "best")["step"] in (2, 4)
     rows = (run_dir / "metrics.csv").read_text().splitlines()
@@ -136,7 +137,7 @@ def bad_inputs(run_dir, tmp_path, strokes_test):
     (tmp_path / "garbage" / "last.json").write_text("{ not json")
     out = ["--out", tmp_path / "new"]
     return [
-        (["train", "--algorithm", "mamll", *out], 1, "algorithm must be one of maml"),
+        (["train", "--algorithm", "mamll", *out], 1, "--algorithm: unknown algorithm 'mamll' (did you mean 'maml'?); choose one of maml"),
         (["train", "-a", "protonet", "-d", "sinusoid", *out], 1, "protonet solves classification"),
         (["train", "-a", "maml", "-d", "sinusoid", *out], 1, "backbone conv4 needs images"),
         (["train", "-a", "protonet", "-d", "nosuchdata", *out], 1, "unknown dataset 'nosuchdata'"),
@@ -188,8 +189,8 @@ def test_python_dash_m_runs_the_same_cli():
 def test_demo_writes_a_table_and_a_plot(tmp_path, capsys, monkeypatch):
     small = {"dataset_options": {"classes": {"train": 40, "val": 10, "test": 10}, "per_class": 8}}
     runs = [r._replace(options={**r.options, **small}) if r.options["dataset"] == "strokes" else r
-            for r in lifelong.cli.DEMO_RUNS]  # fmt: skip
-    monkeypatch.setattr(lifelong.cli, "DEMO_RUNS", tuple(runs))  # fewer classes to generate
+            for r in lifelong.demo.DEMO_RUNS]  # fmt: skip
+    monkeypatch.setattr(lifelong.demo, "DEMO_RUNS", tuple(runs))  # fewer classes to generate
     code, out, _ = cli(capsys, "demo", "--minutes", "0.15", "--episodes", "20", "--out", tmp_path)
     assert code == 0
     rows = json.loads((tmp_path / "demo.json").read_text())

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lifelong.build import DataFacts, build_algorithm
-from lifelong.config import ConfigError, RunConfig
+from lifelong.pipeline.data import DataFacts, episode_count
+
+from lifelong.pipeline.factory import build_algorithm
+from lifelong.pipeline.config import ConfigError, RunConfig
 
 
 def test_yaml_round_trip(tmp_path):
@@ -61,13 +63,13 @@ def test_unknown_key_names_the_key_and_a_suggestion(tmp_path):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"ways": 0}, "ways must be positive, got 0"),
+        ({"ways": 0}, "`ways` must be positive, got 0"),
         ({"ways": "five"}, "ways must be an integer, got 'five'"),
         ({"shots": 1.5}, "shots must be an integer"),
-        ({"algorithm": "mamll"}, "algorithm must be one of maml, fomaml"),
-        ({"lr_schedule": "linear"}, "lr_schedule must be one of none, cosine, step"),
+        ({"algorithm": "mamll"}, "unknown algorithm 'mamll'.*one of maml, fomaml"),
+        ({"lr_schedule": "linear"}, "`lr_schedule` must be one of none, cosine, step"),
         ({"rotations": "maybe"}, "rotations must be true or false"),
-        ({"hidden": [0]}, "hidden must be positive"),
+        ({"hidden": [0]}, "`hidden` must be positive"),
         ({"dataset_options": [1]}, "dataset_options must be a mapping"),
         ({"ways": None}, "ways must be given"),
     ],
@@ -97,9 +99,9 @@ def test_episode_shapes_and_default_test_episodes():
     cfg = RunConfig(ways=60, shots=1, queries=5, test_ways=5, test_queries=15)
     assert cfg.episode_shape("train") == (60, 1, 5)
     assert cfg.episode_shape("test") == (5, 1, 15) == cfg.episode_shape("val")
-    assert RunConfig().default_test_episodes == 1000
-    assert RunConfig(dataset="miniimagenet").default_test_episodes == 600
-    assert RunConfig(test_episodes=50).default_test_episodes == 50
+    assert episode_count(RunConfig()) == 1000
+    assert episode_count(RunConfig(dataset="miniimagenet")) == 600
+    assert episode_count(RunConfig(test_episodes=50)) == 50
 
 
 OMNIGLOT = DataFacts(

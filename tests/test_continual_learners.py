@@ -3,16 +3,19 @@ reservoir buffer, and the learner factory's errors."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
 
 from lifelong.algorithms.protonet import ProtoNet
-from lifelong.continual.learners import LearnerSettings, make_learner
 from lifelong.continual.metrics import accuracy_matrix, backward_transfer, forgetting
 from lifelong.continual.online import OnlineSGD
 from lifelong.continual.protocols import run_stream
 from lifelong.continual.prototypes import PrototypeMemory
+from lifelong.continual.registry import LEARNERS, LearnerSettings, make_learner
 from lifelong.continual.replay import ReservoirBuffer
 from lifelong.continual.streams import ClassStream
 from lifelong.data.classes import ClassDataset, ClassInfo
@@ -61,7 +64,7 @@ def test_prototypes_do_not_forget_while_finetuning_does():
     net = protonet()
     prototypes = run_stream(make_learner("prototypes", net, 10), stream)
     finetune = run_stream(
-        make_learner("finetune", net, 10, settings=LearnerSettings(lr=0.2)), stream
+        make_learner("online-finetune", net, 10, settings=LearnerSettings(lr=0.2)), stream
     )
     R_proto = accuracy_matrix(prototypes.per_class, prototypes.boundaries)
     R_tune = accuracy_matrix(finetune.per_class, finetune.boundaries)
@@ -84,10 +87,10 @@ def test_replay_forgets_less_than_finetuning():
         name: run_stream(
             make_learner(name, net, 10, settings=LearnerSettings(lr=0.2, buffer=50)), stream
         )
-        for name in ("finetune", "replay")
+        for name in ("online-finetune", "replay")
     }
     final = {k: float(r.per_class[-1].mean()) for k, r in results.items()}
-    assert final["replay"] > final["finetune"] + 0.2
+    assert final["replay"] > final["online-finetune"] + 0.2
 
 
 def test_online_sgd_updates_the_head_only_when_frozen():
@@ -159,6 +162,9 @@ def test_learner_errors():
         make_learner("replay", net, 10, settings=LearnerSettings(buffer=0))
     with pytest.raises(ValueError, match="unknown learner 'ewc'; choose one of prototypes"):
         make_learner("ewc", net, 10)
+    for old, new in (("oml", "online-sgd"), ("finetune", "online-finetune")):
+        with pytest.raises(ValueError, match=f"^learner '{old}' was renamed: use --learner {new}$"):
+            make_learner(old, net, 10)
     with pytest.raises(ValueError, match="a replay buffer needs room for at least 1 example"):
         ReservoirBuffer(0)
     regression = protonet()
@@ -168,3 +174,14 @@ def test_learner_errors():
     learner = make_learner("prototypes", net, 3)
     with pytest.raises(ValueError, match=r"labels must lie in 0\.\.2, got 0\.\.3"):
         learner.observe(torch.rand(2, 1, 4, 4), torch.tensor([0, 3]))
+
+
+def test_the_registry_names_every_learner_without_torch():
+    assert list(LEARNERS) == ["prototypes", "online-sgd", "online-finetune", "replay"]
+    assert all(isinstance(v, str) and v and "\n" not in v for v in LEARNERS.values())
+    code = (
+        "import sys, lifelong.continual.cli, lifelong.continual.registry; "
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

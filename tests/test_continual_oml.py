@@ -9,7 +9,7 @@ from test_continual_learners import clusters
 from torch import nn
 
 from lifelong.algorithms.oml import OML
-from lifelong.continual.learners import make_learner
+from lifelong.continual.registry import make_learner
 from lifelong.data.episodes import EpisodeSampler
 from lifelong.data.sinusoid import SinusoidSampler
 from lifelong.models.mlp import MLP
@@ -64,13 +64,13 @@ def test_second_order_meta_gradient():
 
 
 def test_adapt_matches_the_online_learner():
-    """OML's meta-test on one episode (adapt) and the continual ``oml`` learner are the same
+    """OML's meta-test on one episode (adapt) and the continual ``online-sgd`` learner are the same
     procedure: a zero output layer, one SGD step per support example, the RLN frozen."""
     oml = toy_oml(inner_lr=0.3).eval()
     episode = EpisodeSampler(clusters(30), ways=4, shots=3, queries=5, seed=0).sample(1)
     episode = episode.to("cpu")[0]
     predict = oml.adapt(episode.support_x, episode.support_y, episode.ways)
-    learner = make_learner("oml", oml, num_classes=4)
+    learner = make_learner("online-sgd", oml, num_classes=4)
     learner.observe(episode.support_x, episode.support_y)
     assert torch.allclose(predict(episode.query_x), learner.predict(episode.query_x), atol=1e-5)
 
@@ -109,9 +109,12 @@ def test_errors():
 
 
 def test_build_oml_for_sinusoids():
-    from lifelong.algorithms.oml import build_oml
-    from lifelong.build import DataFacts
-    from lifelong.config import ConfigError, RunConfig
+    from lifelong.pipeline.config import RunConfig
+    from lifelong.pipeline.data import DataFacts
+    from lifelong.pipeline.factory import build_algorithm
+
+    def build_oml(cfg, facts):
+        return build_algorithm(cfg, facts)
 
     facts = DataFacts("sinusoid", regression=True)
     cfg = RunConfig(
@@ -132,7 +135,7 @@ def test_build_oml_for_sinusoids():
     assert len(layers) == 4 and all(not m.bias.detach().any() for m in layers)
     hidden = layers[1].weight  # Kaiming normal: std sqrt(2 / fan_in)
     assert abs(float(hidden.detach().std()) - (2 / 64) ** 0.5) < 0.02
-    with pytest.raises(ConfigError, match="into --inner-steps 3 equal online batches"):
+    with pytest.raises(ValueError, match="into `inner_steps` 3 equal online batches"):
         build_oml(cfg.override(inner_steps=3), facts)
-    with pytest.raises(ConfigError, match="at least two hidden layers"):
+    with pytest.raises(ValueError, match="at least two `hidden` layers"):
         build_oml(cfg.override(hidden=(64,)), facts)

@@ -13,7 +13,6 @@ from test_continual_learners import clusters, protonet
 from typer.testing import CliRunner
 
 from lifelong.continual.cli import stream_command
-from lifelong.continual.learners import LearnerSettings, make_learner
 from lifelong.continual.plots import plot_results
 from lifelong.continual.protocols import (
     StreamResult,
@@ -22,6 +21,7 @@ from lifelong.continual.protocols import (
     run_seeds,
     run_stream,
 )
+from lifelong.continual.registry import LearnerSettings, make_learner
 from lifelong.continual.streams import ClassStream, SineStream, task_sequence
 
 
@@ -49,8 +49,12 @@ def test_task_aware_evaluation_is_easier():
     net = protonet()
     aware = task_sequence(clusters(20, seed=3), tasks=4, ways=5, shots=1, queries=5, seed=0)
     blind = ClassStream(clusters(20, seed=3), 20, 5, 1, 5, seed=0)
-    a = run_stream(make_learner("finetune", net, 20, settings=LearnerSettings(lr=0.2)), aware)
-    b = run_stream(make_learner("finetune", net, 20, settings=LearnerSettings(lr=0.2)), blind)
+    a = run_stream(
+        make_learner("online-finetune", net, 20, settings=LearnerSettings(lr=0.2)), aware
+    )
+    b = run_stream(
+        make_learner("online-finetune", net, 20, settings=LearnerSettings(lr=0.2)), blind
+    )
     assert (a.per_class.nan_to_num(-1) >= b.per_class.nan_to_num(-1)).all()
     assert float(a.per_class[-1].mean()) > float(b.per_class[-1].mean())
 
@@ -67,7 +71,7 @@ def toy_result(learner: str = "prototypes", seeds=(0, 1, 2)) -> StreamResult:
 
 
 def test_summary_and_table():
-    result = toy_result("finetune")
+    result = toy_result("online-finetune")
     s = result.summary()
     assert s["classes"] == 10 and s["seeds"] == 3
     assert list(s["accuracy_by_classes"]) == ["2", "4", "6", "8", "10"]
@@ -83,11 +87,11 @@ def test_summary_and_table():
     assert s["within_group"]["forgetting"]["mean"] < s["forgetting"]["mean"] - 0.3
     json.dumps(s, allow_nan=False)  # strict JSON: no NaN
     table = result.table()
-    assert "finetune" in table and "forgetting" in table and "     10  " in table
+    assert "online-finetune" in table and "forgetting" in table and "     10  " in table
 
 
 def test_plot(tmp_path):
-    results = [toy_result("prototypes").summary(), toy_result("finetune").summary()]
+    results = [toy_result("prototypes").summary(), toy_result("online-finetune").summary()]
     path = plot_results(json.loads(json.dumps(results)), tmp_path / "p.png")  # from JSON
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="nothing to plot"):
@@ -108,7 +112,7 @@ def test_sine_stream_mse():
         online_batch=5,
         inner_lr=0.01,
     ).eval()
-    learner = make_learner("oml", oml, 1)
+    learner = make_learner("online-sgd", oml, 1)
     result = run_stream(learner, SineStream(3, 20, 10, seed=0))
     assert result.per_class.shape == (3, 3)
     assert torch.isnan(result.per_class[0, 1:]).all() and (result.per_class[2] > 0).all()
@@ -119,8 +123,8 @@ def test_sine_stream_mse():
 # ----------------------------------------------------------------------- run folders and CLI
 @pytest.fixture(scope="module")
 def proto_run(tmp_path_factory):
-    from lifelong.config import RunConfig
-    from lifelong.train import train
+    from lifelong.pipeline.config import RunConfig
+    from lifelong.pipeline.train import train
 
     out = tmp_path_factory.mktemp("runs") / "proto"
     cfg = RunConfig(
@@ -145,8 +149,8 @@ def proto_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sine_run(tmp_path_factory):
-    from lifelong.config import RunConfig
-    from lifelong.train import train
+    from lifelong.pipeline.config import RunConfig
+    from lifelong.pipeline.train import train
 
     out = tmp_path_factory.mktemp("runs") / "sine"
     cfg = RunConfig(
@@ -193,7 +197,7 @@ def test_stream_command_json(proto_run, tmp_path):
         "--seeds",
         "2",
         "--learner",
-        "oml",
+        "online-sgd",
         "--lr",
         "0.1",
         "--json",
@@ -203,7 +207,7 @@ def test_stream_command_json(proto_run, tmp_path):
     assert out.exit_code == 0, out.output
     s = json.loads(out.output)
     assert set(s) >= {"accuracy_by_classes", "ci95", "forgetting", "bwt"}
-    assert s["learner"] == "oml" and s["settings"]["lr"] == 0.1
+    assert s["learner"] == "online-sgd" and s["settings"]["lr"] == 0.1
     assert plot.exists()
 
 
@@ -228,6 +232,11 @@ def test_stream_command_json(proto_run, tmp_path):
         (["--protocol", "incremental-sine"], "incremental-sine needs a regression (sinusoid) run"),
         (["--protocol", "atari"], "unknown protocol 'atari'"),
         (["--learner", "ewc"], "unknown learner 'ewc'"),
+        (["--learner", "oml"], "learner 'oml' was renamed: use --learner online-sgd"),
+        (
+            ["--learner", "finetune"],
+            "learner 'finetune' was renamed: use --learner online-finetune",
+        ),
     ],
 )
 def test_stream_command_errors(proto_run, args, message):
@@ -249,7 +258,7 @@ def test_learners_on_cuda():
     stream = ClassStream(clusters(10), 10, 2, 15, 5, seed=0)
     cpu = run_stream(make_learner("prototypes", oml, 10), stream)
     gpu_oml = oml.to("cuda")
-    for name in ("prototypes", "oml", "finetune", "replay"):
+    for name in ("prototypes", "online-sgd", "online-finetune", "replay"):
         learner = make_learner(name, gpu_oml, 10, settings=LearnerSettings(lr=0.2, buffer=20))
         result = run_stream(learner, stream, device="cuda")
         assert result.per_class.shape == (5, 10) and not torch.isnan(result.per_class[-1]).any()
@@ -271,7 +280,7 @@ def test_incremental_sine_on_an_oml_run(sine_run):
         "--seeds",
         "2",
         "--learner",
-        "finetune",
+        "online-finetune",
         "--json",
     )
     assert out.exit_code == 0, out.output

@@ -1,6 +1,6 @@
 """Distributed meta-training on the CPU (gloo): ranks that share the meta-batch give the
 parameters of one process with all their tasks; only rank 0 writes; resume; a dying rank ends
-the job; two "nodes" on 127.0.0.1; the helpers of lifelong.distributed.
+the job; two "nodes" on 127.0.0.1; the helpers of lifelong.pipeline.distributed.
 
 Ranks are processes started with ``multiprocessing`` (spawn) or by ``torchrun``, one thread
 each, on tiny data (8x8 images, Conv-4 with 8 filters)."""
@@ -28,11 +28,13 @@ import torch.distributed as dist
 from test_train import FACTS, TRAIN, VAL, TinyProto
 from torch import nn
 
-from lifelong.build import build_algorithm, resolve_device
-from lifelong.checkpoint import load_checkpoint
-from lifelong.config import ConfigError, RunConfig
+from lifelong.pipeline.device import resolve_device
+
+from lifelong.pipeline.factory import build_algorithm
+from lifelong.pipeline.checkpoint import load_checkpoint
+from lifelong.pipeline.config import ConfigError, RunConfig
 from lifelong.data.episodes import EpisodeBatch, EpisodeSampler
-from lifelong.distributed import (
+from lifelong.pipeline.distributed import (
     GlobalBatchNorm,
     World,
     all_gather_state,
@@ -41,7 +43,7 @@ from lifelong.distributed import (
     rank_seed,
     sync_batch_norm,
 )
-from lifelong.train import Trainer, seed_everything
+from lifelong.pipeline.train import Trainer, seed_everything
 
 ROOT = Path(__file__).resolve().parent.parent
 BEFORE_BATCH_NORM = re.compile(r"features\.\d+\.0\.bias")
@@ -352,7 +354,7 @@ def _two_node_reference(cfg: RunConfig) -> tuple[float, float]:
     """Loss and gradient norm of the first step of one process drawing both ranks' tasks, in
     float64 (float32 batch norm in channels_last layout is off by about 5e-5 here, in one
     process as on two ranks)."""
-    from lifelong.build import load_data
+    from lifelong.pipeline.data import load_data
 
     data = load_data(cfg)
     seed_everything(cfg.seed)
@@ -438,7 +440,7 @@ def test_average_gradients_keeps_missing_gradients_missing(one_rank_group):
 
 
 def test_states_travel_between_ranks_unchanged(one_rank_group):
-    from lifelong.checkpoint import rng_state
+    from lifelong.pipeline.checkpoint import rng_state
 
     state = {"rng": rng_state(), "sampler": EpisodeSampler(TRAIN, 3, 1, 2).state_dict(), "n": 1}
     (gathered,) = all_gather_state(state)

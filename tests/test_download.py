@@ -1,19 +1,16 @@
-"""Checksummed downloads against a real HTTP server on 127.0.0.1, and safe extraction."""
+"""Checksummed downloads against a real HTTP server on 127.0.0.1."""
 
 from __future__ import annotations
 
 import hashlib
-import io
-import tarfile
 import threading
-import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
 
-from lifelong.data.download import DownloadError, UnsafeArchiveError, download, extract
+from lifelong.data.download import DownloadError, download
 
 PAYLOAD = bytes(range(256)) * 400  # 100 KiB, several read chunks
 MD5 = hashlib.md5(PAYLOAD).hexdigest()
@@ -107,70 +104,3 @@ def test_download_rejects_bad_transfers_and_leaves_nothing(
 def test_download_refuses_other_schemes(tmp_path):
     with pytest.raises(DownloadError, match="only http"):
         download("file:///etc/passwd", tmp_path / "x", progress=False)
-
-
-def make_zip(path: Path, names: list[str]) -> Path:
-    with zipfile.ZipFile(path, "w") as zf:
-        for name in names:
-            zf.writestr(name, b"x")
-    return path
-
-
-def make_tar(path: Path, members: list[tuple[str, bytes | str, bytes]]) -> Path:
-    """Members are (name, type, link target or content)."""
-    with tarfile.open(path, "w:gz") as tf:
-        for name, kind, data in members:
-            info = tarfile.TarInfo(name)
-            if kind == tarfile.REGTYPE:
-                info.size = len(data)
-                tf.addfile(info, io.BytesIO(data))
-            else:
-                info.type, info.linkname = kind, data
-                tf.addfile(info)
-    return path
-
-
-def test_extract_zip_and_tar(tmp_path):
-    extract(make_zip(tmp_path / "a.zip", ["top/a.txt", "top/sub/b.txt"]), tmp_path / "z")
-    assert (tmp_path / "z/top/sub/b.txt").read_bytes() == b"x"
-    members = [
-        ("d/a.txt", tarfile.REGTYPE, b"hello"),
-        ("d/link", tarfile.SYMTYPE, "a.txt"),
-    ]
-    extract(make_tar(tmp_path / "a.tar.gz", members), tmp_path / "t")
-    assert (tmp_path / "t/d/link").read_bytes() == b"hello"
-
-
-@pytest.mark.parametrize("name", ["../evil.txt", "/abs/evil.txt", "ok/../../evil.txt"])
-def test_extract_rejects_zip_members_escaping_the_target(tmp_path, name):
-    archive = make_zip(tmp_path / "bad.zip", ["fine.txt", name])
-    with pytest.raises(UnsafeArchiveError, match="outside"):
-        extract(archive, tmp_path / "out")
-    assert not (tmp_path / "out").exists()
-    assert not (tmp_path / "evil.txt").exists()
-
-
-@pytest.mark.parametrize(
-    "member",
-    [
-        ("../evil.txt", tarfile.REGTYPE, b"x"),
-        ("/tmp/evil.txt", tarfile.REGTYPE, b"x"),
-        ("d/link", tarfile.SYMTYPE, "../../etc/passwd"),
-        ("d/link", tarfile.SYMTYPE, "/etc/passwd"),
-        ("d/hard", tarfile.LNKTYPE, "../outside"),
-    ],
-)
-def test_extract_rejects_tar_members_escaping_the_target(tmp_path, member):
-    archive = make_tar(tmp_path / "bad.tar.gz", [("fine.txt", tarfile.REGTYPE, b"x"), member])
-    with pytest.raises(UnsafeArchiveError, match="outside"):
-        extract(archive, tmp_path / "out")
-    assert not (tmp_path / "out").exists()
-
-
-def test_extract_rejects_device_files_and_non_archives(tmp_path):
-    archive = make_tar(tmp_path / "dev.tar.gz", [("null", tarfile.CHRTYPE, "")])
-    with pytest.raises(UnsafeArchiveError, match="device"):
-        extract(archive, tmp_path / "out")
-    (tmp_path / "plain.txt").write_text("not an archive")
-    with pytest.raises(ValueError, match="neither a zip nor a tar"):
-        extract(tmp_path / "plain.txt", tmp_path / "out")

@@ -13,7 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lifelong.data.classes import ClassDataset, ClassInfo
-from lifelong.data.episodes import EpisodeBatch, EpisodeSampler
+from lifelong.data.episodes import (
+    EpisodeBatch,
+    EpisodeSampler,
+    EpisodeSet,
+    TaskSampler,
+    to_device,
+)
+from lifelong.data.sinusoid import SinusoidSampler
 
 FAST = settings(max_examples=50, deadline=None)
 BYTES = torch.tensor([1, 256, 256**2, 256**3])
@@ -224,3 +231,22 @@ def test_large_fixed_sets_are_drawn_in_chunks_deterministically():
     assert len(big) == 2500
     assert torch.equal(big.index, sampler.fixed(2500, seed=4).index)
     assert not torch.equal(big.index[:1024], big.index[1024:2048])
+
+
+def test_both_samplers_are_task_samplers_and_their_fixed_sets_episode_sets():
+    samplers = [EpisodeSampler(indexed_dataset([6] * 5), 3, 2, 2), SinusoidSampler(5, 5)]
+    for sampler in samplers:
+        assert isinstance(sampler, TaskSampler)
+        assert isinstance(sampler.fixed(3, seed=0), EpisodeSet)
+
+
+def test_to_device_scales_uint8_images_and_keeps_labels():
+    images = torch.tensor([0, 51, 255], dtype=torch.uint8)
+    assert torch.equal(to_device(images, "cpu"), torch.tensor([0.0, 0.2, 1.0]))
+    assert to_device(images, "cpu", torch.float64).dtype == torch.float64
+    labels = torch.tensor([2, 0])
+    assert (
+        torch.equal(to_device(labels, "cpu"), labels)
+        and to_device(labels, "cpu").dtype == torch.int64
+    )
+    assert to_device(torch.ones(2, dtype=torch.float64), "cpu").dtype == torch.float32

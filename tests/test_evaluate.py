@@ -12,7 +12,7 @@ import torch
 from lifelong.algorithms.base import Algorithm, MetaLoss
 from lifelong.data.classes import ClassDataset, ClassInfo
 from lifelong.data.episodes import EpisodeSampler
-from lifelong.evaluate import Evaluation, confidence_interval, episode_metrics, evaluate
+from lifelong.pipeline.evaluate import Evaluation, confidence_interval, episode_metrics, evaluate
 
 
 class NearestMean(Algorithm):

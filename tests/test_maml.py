@@ -11,9 +11,10 @@ from torch import nn
 from torch.func import functional_call
 
 from lifelong.algorithms.functional import TaskForward, _BatchNorm
-from lifelong.algorithms.maml import MAML, MAML_VARIANTS, build_maml
+from lifelong.algorithms.maml import ANIL, FOMAML, MAML, MetaSGD
+from lifelong.algorithms.registry import algorithm_class
 from lifelong.algorithms.reptile import Reptile
-from lifelong.config import ConfigError, RunConfig
+from lifelong.pipeline.config import ConfigError, RunConfig
 from lifelong.data.episodes import EpisodeBatch
 from lifelong.data.sinusoid import SinusoidSampler
 from lifelong.models.conv4 import Conv4
@@ -232,15 +233,17 @@ def test_meta_sgd_rates_are_learned() -> None:
     assert all(r.shape == (3,) for r in scalar.inner_lrs.values())
 
 
-def test_variants_mapping_and_builder() -> None:
-    assert set(MAML_VARIANTS) == {"maml", "fomaml", "anil", "metasgd"}
+def test_variants_are_registered_classes() -> None:
+    assert {algorithm_class(n) for n in ("maml", "fomaml", "anil", "metasgd")} == {
+        MAML, FOMAML, ANIL, MetaSGD
+    }
     model = tiny("mlp")
-    assert build_maml("fomaml", model).first_order
-    assert build_maml("anil", model, inner_steps=3).scope == "head"
-    assert build_maml("metasgd", model).inner_lrs is not None
-    assert not build_maml("maml", model).first_order
-    with pytest.raises(ValueError, match="unknown MAML variant 'reptile'"):
-        build_maml("reptile", model)
+    assert FOMAML(model).first_order
+    assert ANIL(model, inner_steps=3).scope == "head"
+    assert MetaSGD(model).inner_lrs is not None
+    assert not MAML(model).first_order
+    with pytest.raises(ValueError, match="unknown algorithm 'reptil'.*did you mean 'reptile'"):
+        algorithm_class("reptil")
 
 
 @pytest.mark.parametrize("fast", [False, True])
@@ -312,7 +315,7 @@ def test_zero_training_steps_give_the_gradient_of_the_plain_query_loss(
     adapted = maml.adapt(batch.support_x[0], batch.support_y[0], WAYS)(batch.query_x[0])
     assert not torch.allclose(adapted, model(batch.query_x[0]))  # two steps at test time
     assert RunConfig(algorithm="maml", inner_steps=0).inner_steps == 0
-    with pytest.raises(ConfigError, match="inner_steps must be 0 or more, got -1"):
+    with pytest.raises(ConfigError, match="`inner_steps` must be 0 or more, got -1"):
         RunConfig(algorithm="maml", inner_steps=-1)
 
 

@@ -10,7 +10,8 @@ from torch import nn
 
 from lifelong.algorithms.base import Algorithm
 from lifelong.algorithms.distances import pairwise_distance
-from lifelong.algorithms.protonet import ProtoNet, eval_mode
+from lifelong.algorithms.embedding import eval_mode
+from lifelong.algorithms.protonet import ProtoNet
 from lifelong.data.classes import ClassDataset, ClassInfo
 from lifelong.data.episodes import EpisodeBatch, EpisodeSampler
 from lifelong.models.conv4 import Conv4

@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 import yaml
 
-from lifelong.build import DataFacts, build_algorithm
+from lifelong.pipeline.data import DataFacts
+
+from lifelong.pipeline.factory import build_algorithm
 from lifelong.cli import main
-from lifelong.config import ConfigError
+from lifelong.pipeline.config import ConfigError
 from lifelong.reproduce import (
     LEDGER,
     ROWS_DIR,

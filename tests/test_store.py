@@ -44,8 +44,8 @@ def trained_run(base: Path) -> Path:
     tests/test_serve.py through the session's temporary folder)."""
     out = base / "store-run"
     if not (out / "last.json").exists():
-        from lifelong.config import RunConfig
-        from lifelong.train import train
+        from lifelong.pipeline.config import RunConfig
+        from lifelong.pipeline.train import train
 
         config = RunConfig(
             algorithm="protonet", dataset="strokes",

@@ -14,14 +14,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from lifelong.algorithms.base import Algorithm, MetaLoss
-from lifelong.build import DataFacts, _load_splits
-from lifelong.checkpoint import load_checkpoint
-from lifelong.config import ALGORITHMS, ConfigError, RunConfig
+from lifelong.pipeline.data import DataFacts, _load_splits
+from lifelong.pipeline.checkpoint import load_checkpoint
+from lifelong.algorithms.registry import algorithm_names
+from lifelong.pipeline.config import ConfigError, RunConfig
 from lifelong.data.classes import ClassDataset, ClassInfo
 from lifelong.data.episodes import EpisodeSampler
 from lifelong.data.registry import load_dataset
-from lifelong.evaluate import evaluate_run
-from lifelong.train import (
+from lifelong.pipeline.evaluate import evaluate_run
+from lifelong.pipeline.train import (
     ProgressBar,
     Trainer,
     TrainingDiverged,
@@ -190,7 +191,7 @@ SINUSOID = {
 
 @pytest.mark.parametrize(
     ("algorithm", "options"),
-    [(a, STROKES) for a in ALGORITHMS] + [(a, SINUSOID) for a in ("maml", "reptile", "oml")],
+    [(a, STROKES) for a in algorithm_names()] + [(a, SINUSOID) for a in ("maml", "reptile", "oml")],
     ids=lambda v: v if isinstance(v, str) else v["dataset"],
 )
 def test_every_algorithm_trains_saves_and_evaluates(algorithm, options, tmp_path):
@@ -252,7 +253,7 @@ def test_training_on_trainval_samples_its_classes_and_skips_validation(tmp_path,
         splits = load_dataset(name, root=root, **options)
         return {**splits, "train": splits["train"].subset(range(10)), "trainval": splits["train"]}
 
-    monkeypatch.setattr("lifelong.build.load_dataset", with_trainval)
+    monkeypatch.setattr("lifelong.pipeline.data.load_dataset", with_trainval)
     _load_splits.cache_clear()
     cfg = RunConfig(algorithm="finetune", iterations=2, train_split="trainval",
                     out=str(tmp_path), **STROKES)  # fmt: skip
@@ -268,8 +269,8 @@ def test_training_on_trainval_samples_its_classes_and_skips_validation(tmp_path,
 
 def test_options_of_other_algorithms_are_refused(tmp_path):
     for options, message in [
-        ({"algorithm": "protonet", "per_step_lr": True}, "per_step_lr is a MAML\\+\\+ option"),
-        ({"algorithm": "maml", "precision": "bfloat16"}, "precision bfloat16 applies to"),
+        ({"algorithm": "protonet", "per_step_lr": True}, "`per_step_lr` is an option of maml, fomaml, anil, metasgd, not of protonet"),
+        ({"algorithm": "maml", "precision": "bfloat16"}, "`precision` is an option of protonet, finetune, not of maml"),
         ({"algorithm": "protonet", "train_split": "trainval"}, "has no such split"),
     ]:
         cfg = RunConfig(**{**STROKES, **options}, iterations=1, out=str(tmp_path))

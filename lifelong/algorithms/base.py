@@ -4,19 +4,39 @@ An :class:`Algorithm` is an ``nn.Module`` holding the meta-learned state (an ini
 embedding, learned inner rates...). It is trained by minimising :meth:`Algorithm.meta_loss` over
 batches of episodes and used on a new task through :meth:`Algorithm.adapt`, which turns a
 support set into a predictor for the task's queries.
+
+An algorithm also describes itself, so that nothing else keeps lists of algorithm names: its
+paper's defaults (:attr:`Algorithm.defaults`, per dataset in
+:attr:`Algorithm.dataset_defaults`), what it can do (:attr:`Algorithm.fixed_head`,
+:attr:`Algorithm.task_batch_norm`, :attr:`Algorithm.solves_regression`,
+:attr:`Algorithm.splittable`, :meth:`Algorithm.can_back_store`), the run options only it reads
+(:attr:`Algorithm.own_options`) and how it is built from a run's config
+(:meth:`Algorithm.from_config`). :mod:`lifelong.algorithms.registry` maps names to classes.
+
+Example:
+    >>> class Toy(Algorithm):
+    ...     defaults = {"meta_batch": 4}
+    ...     @classmethod
+    ...     def from_config(cls, cfg, facts, models):
+    ...         return cls(models(None))
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lifelong.data.episodes import EpisodeBatch
+
+if TYPE_CHECKING:
+    from lifelong.pipeline.config import RunConfig
+    from lifelong.pipeline.data import DataFacts
 
 Predictor = Callable[[Tensor], Tensor]
 """Maps query inputs ``[n, ...]`` to logits ``[n, ways]`` (classification) or predictions
@@ -32,15 +52,90 @@ class MetaLoss:
     metric: Tensor
 
 
+class ModelFactory(Protocol):
+    """``models(out_features)``: the run's backbone for its data,
+    ending in a linear head of ``out_features`` outputs (``None``: an embedding network);
+    batch norm tracks running statistics unless the algorithm normalises each task with its
+    own (:attr:`Algorithm.task_batch_norm`)."""
+
+    def __call__(self, out_features: int | None) -> nn.Module: ...
+
+
 class Algorithm(nn.Module, ABC):
     """Base class of all few-shot learners.
 
-    Subclasses (or instances) set ``regression = True`` when they solve regression tasks, and
-    implement
-    :meth:`meta_loss` and :meth:`adapt`.
+    Subclasses implement :meth:`meta_loss`, :meth:`adapt` and :meth:`from_config`, and state
+    their facts as class attributes (module doc). Instances set ``regression = True`` when
+    they were built for regression tasks.
     """
 
     regression: bool = False
+
+    defaults: ClassVar[Mapping[str, Any]] = {}
+    """Run options (:class:`~lifelong.pipeline.config.RunConfig` fields) as the algorithm's
+    paper sets them, used where the user gave no value; e.g. ProtoNet's one episode per
+    step, ``{"meta_batch": 1}``."""
+    dataset_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    """Defaults for one dataset (a name of :mod:`lifelong.data.registry`), over
+    :attr:`defaults`: MAML's inner rate is 0.4 on Omniglot and 0.01 on sinusoids."""
+    fixed_head: ClassVar[bool] = False
+    """The model ends in a ``ways``-output head: tasks must have the training ways."""
+    task_batch_norm: ClassVar[bool] = False
+    """Batch norm uses each task's own batch statistics (transductive): an image's embedding
+    depends on the images beside it, so the model cannot back a class store."""
+    solves_regression: ClassVar[bool] = False
+    """Can learn regression tasks (sinusoids) as well as classification."""
+    splittable: ClassVar[bool] = True
+    """The meta-batch can be shared out over processes (``torchrun``)."""
+    own_options: ClassVar[tuple[str, ...]] = ()
+    """Run options that only some algorithms read, and this one does (e.g. ``precision``);
+    setting one of them for an algorithm that does not list it is an error."""
+
+    @classmethod
+    def can_back_store(cls) -> bool:
+        """Whether a class store can keep prototypes of its embedding: a fixed embedding per
+        image (no fixed head, no per-task batch statistics)."""
+        return not cls.fixed_head and not cls.task_batch_norm
+
+    @classmethod
+    def defaults_for(cls, dataset: str) -> dict[str, Any]:
+        """:attr:`defaults` with :attr:`dataset_defaults` of ``dataset`` over them."""
+        return {**cls.defaults, **cls.dataset_defaults.get(dataset, {})}
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, facts: DataFacts, models: ModelFactory) -> Algorithm:
+        """The algorithm of a run, with a fresh model from ``models``; ``cfg`` is resolved
+        (every default filled in) and checked against the data of ``facts``. An algorithm
+        used only from Python need not define it."""
+        raise NotImplementedError(f"{cls.__name__} cannot be built from a run's config")
+
+    # ------------------------------------------------------------------ what others use
+    def body(self) -> nn.Module:
+        """The network that maps inputs to features (continual learners copy and train it)."""
+        raise ValueError(f"{type(self).__name__} has no representation to learn a stream with")
+
+    def embedding(self) -> Callable[[Tensor], Tensor]:
+        """The features prototypes are computed in (class store, prototype memory)."""
+        return self.body()
+
+    def prediction_network(self) -> nn.Module | None:
+        """A meta-learned network on top of :meth:`body` (OML's PLN), or ``None``."""
+        return None
+
+    distance: str = "sqeuclidean"
+    """The distance of the embedding space (ProtoNet's own; squared Euclidean otherwise)."""
+    p: float = 2.0
+    temperature: float = 1.0
+    online_lr: float | None = None
+    """The learning rate it meta-learned online SGD for (OML), or ``None``."""
+    online_batch: int = 1
+    functions: int | None = None
+    """Regression on trajectories of this many functions (OML's one-hot input), or ``None``."""
+
+    @property
+    def test_steps(self) -> int | None:
+        """The adaptation steps taken at test time, if any."""
+        return None
 
     @abstractmethod
     def meta_loss(self, batch: EpisodeBatch) -> MetaLoss:

@@ -18,19 +18,21 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lifelong.algorithms.base import Algorithm, MetaLoss, Predictor
-from lifelong.algorithms.protonet import (
-    Precision,
-    check_precision,
-    embed,
-    embed_batch,
-    eval_mode,
-)
+from lifelong.algorithms.base import Algorithm, MetaLoss, ModelFactory, Predictor
+from lifelong.algorithms.embedding import embed, embed_batch, eval_mode
+from lifelong.algorithms.precision import Precision, check_precision
 from lifelong.data.episodes import EpisodeBatch
+
+if TYPE_CHECKING:
+    from lifelong.pipeline.config import RunConfig
+    from lifelong.pipeline.data import DataFacts
 
 
 def fit_linear_head(
@@ -96,11 +98,26 @@ class FineTune(Algorithm):
         normalize: L2-normalise embeddings before the per-task head (Tian et al. 2020).
         embedding_dim: size of the embedding; read from ``encoder.embedding_dim`` if omitted.
         channels_last, precision: how images are fed to the encoder (see
-            :func:`lifelong.algorithms.protonet.embed`).
+            :func:`lifelong.algorithms.embedding.embed`).
 
     Example:
         >>> model = FineTune(ResNet12(3, 84), num_classes=64, head_steps=300)
     """
+
+    own_options = ("precision", "channels_last")
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, facts: DataFacts, models: ModelFactory) -> FineTune:
+        """Pre-trained over the classes of the run's training split; the head is fitted with
+        ``inner_lr`` for ``eval_inner_steps`` (else ``inner_steps``) Adam steps."""
+        head = {"head_lr": cfg.inner_lr, "head_steps": cfg.eval_inner_steps or cfg.inner_steps}
+        return cls(
+            models(None),
+            num_classes=(facts.classes or {}).get(cfg.train_split, 0),
+            **{k: v for k, v in head.items() if v is not None},
+            channels_last=cfg.channels_last,
+            precision=cfg.precision,
+        )
 
     def __init__(
         self,
@@ -139,6 +156,16 @@ class FineTune(Algorithm):
     def features(self, x: Tensor) -> Tensor:
         """The embeddings a per-task head sees (L2-normalised if ``normalize``)."""
         return self.head_input(embed(self.encoder, x, self.channels_last, self.precision))
+
+    def body(self) -> nn.Module:
+        return self.encoder
+
+    def embedding(self) -> Callable[[Tensor], Tensor]:
+        return self.features
+
+    @property
+    def test_steps(self) -> int:
+        return self.head_steps
 
     def head_input(self, z: Tensor) -> Tensor:
         return F.normalize(z, dim=-1) if self.normalize else z

@@ -37,15 +37,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from itertools import pairwise
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lifelong.algorithms.base import Algorithm, MetaLoss, Predictor
+from lifelong.algorithms.base import Algorithm, MetaLoss, ModelFactory, Predictor
 from lifelong.algorithms.functional import Forward, ModuleForward, Params, TaskForward
 from lifelong.data.episodes import EpisodeBatch
+
+if TYPE_CHECKING:
+    from lifelong.pipeline.config import RunConfig
+    from lifelong.pipeline.data import DataFacts
 
 LearningRate = Callable[[str, int], "float | Tensor"]
 """``lr(name, step)``: the inner learning rate of parameter ``name`` at step ``step``."""
@@ -137,6 +141,9 @@ class InnerLoopLearner(Algorithm):
 
     min_inner_steps = 1
     """The fewest inner steps meta-training may take (MAML: 0, joint training)."""
+    fixed_head = True
+    task_batch_norm = True
+    solves_regression = True
 
     def __init__(
         self,
@@ -189,6 +196,34 @@ class InnerLoopLearner(Algorithm):
         self.workers = workers
         self.reference = ModuleForward(model)
         self.fast_forward = TaskForward.of(model) if fast else None
+
+    @classmethod
+    def settings(cls, cfg: RunConfig, facts: DataFacts, models: ModelFactory) -> dict[str, Any]:
+        """The constructor arguments of a run: a model ending in a ``ways``-output head (one
+        output for regression) and the config's inner loop."""
+        inner = {
+            "inner_lr": cfg.inner_lr,
+            "inner_steps": cfg.inner_steps,
+            "eval_inner_steps": cfg.eval_inner_steps,
+        }
+        return {
+            "model": models(1 if facts.regression else cfg.ways),
+            "regression": facts.regression,
+            **{k: v for k, v in inner.items() if v is not None},
+        }
+
+    @classmethod
+    def from_config(
+        cls, cfg: RunConfig, facts: DataFacts, models: ModelFactory
+    ) -> InnerLoopLearner:
+        return cls(**cls.settings(cfg, facts, models))
+
+    def body(self) -> nn.Module:
+        return ModelEmbedding(self.model)
+
+    @property
+    def test_steps(self) -> int:
+        return self.eval_inner_steps
 
     # ------------------------------------------------------------------ hooks
     def inner_rate(self, name: str, step: int) -> float | Tensor:
@@ -395,6 +430,20 @@ class InnerLoopLearner(Algorithm):
                 return list(pool.map(run, shares))
         finally:
             torch.set_num_threads(threads)
+
+
+class ModelEmbedding(nn.Module):
+    """A model's ``embed`` method as a module: the body of a network whose head is not used."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        if not callable(getattr(model, "embed", None)):
+            raise ValueError(f"the model {type(model).__name__} has no embed method")
+        self.model = model
+        self.embedding_dim = getattr(model, "embedding_dim", None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model.embed(x).flatten(1)
 
 
 def _identity(x: Tensor) -> Tensor:

@@ -24,7 +24,8 @@ losses and meta-gradients as the loop to float tolerance (``tests/test_maml.py``
 5-way 1-shot with a meta-batch of 32 it needs about half the loop's CPU time and a twentieth
 of its memory (``benchmarks/maml_speed.py``).
 
-``MAML_VARIANTS`` maps the algorithm names of the CLI to constructor options.
+:class:`FOMAML`, :class:`ANIL` and :class:`MetaSGD` are MAML with one option fixed, so that
+each algorithm name is one class.
 
 Example:
     >>> model = Conv4(1, 28, out_features=5, track_running_stats=False)
@@ -33,26 +34,23 @@ Example:
     >>> out = maml.meta_loss(sampler.sample(32).to("cpu"))
     >>> out.loss.backward(); optimizer.step()
     >>> maml.evaluate(test_batch)           # per-episode query accuracy [B]
-    >>> anil = MAML(model, **MAML_VARIANTS["anil"])
+    >>> anil = ANIL(model, inner_lr=0.1, inner_steps=5)    # MAML(model, adapt="head", ...)
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
+from lifelong.algorithms.base import ModelFactory
 from lifelong.algorithms.inner_loop import InnerLoopLearner
 from lifelong.data.episodes import EpisodeBatch
 
-MAML_VARIANTS: dict[str, dict[str, Any]] = {
-    "maml": {},
-    "fomaml": {"first_order": True},
-    "anil": {"adapt": "head"},
-    "metasgd": {"meta_sgd": True},
-}
-"""Algorithm names -> :class:`MAML` options: ``MAML(model, **MAML_VARIANTS[name], **settings)``."""
+if TYPE_CHECKING:
+    from lifelong.pipeline.config import RunConfig
+    from lifelong.pipeline.data import DataFacts
 
 
 class MAML(InnerLoopLearner):
@@ -82,6 +80,28 @@ class MAML(InnerLoopLearner):
     """
 
     min_inner_steps = 0
+    defaults: ClassVar[dict[str, Any]] = {"meta_batch": 32, "inner_lr": 0.4, "inner_steps": 1}
+    dataset_defaults: ClassVar[
+        dict[str, dict[str, Any]]
+    ] = {  # Finn et al. 2017, section 5 and appendix A.1 (5-way settings)
+        "omniglot": {"eval_inner_steps": 3},
+        "miniimagenet": {
+            "meta_batch": 4,
+            "inner_lr": 0.01,
+            "inner_steps": 5,
+            "eval_inner_steps": 10,
+        },
+        "sinusoid": {"meta_batch": 25, "inner_lr": 0.01},
+    }
+    own_options = ("per_step_lr", "multi_step_loss")
+
+    @classmethod
+    def settings(cls, cfg: RunConfig, facts: DataFacts, models: ModelFactory) -> dict[str, Any]:
+        return {
+            **super().settings(cfg, facts, models),
+            "per_step_lr": cfg.per_step_lr,
+            "multi_step_loss": cfg.multi_step_loss,
+        }
 
     def __init__(
         self,
@@ -161,15 +181,25 @@ class MAML(InnerLoopLearner):
         return loss, self.task_metrics(out.detach(), query_y, batch.ways).sum()
 
 
-def build_maml(name: str, model: nn.Module, **options: Any) -> MAML:
-    """The variant ``name`` of :data:`MAML_VARIANTS` with ``options`` (e.g. ``inner_lr``).
+class FOMAML(MAML):
+    """First-order MAML (Finn et al. 2017, section 5.2): ``MAML(first_order=True)``."""
 
-    Example:
-        >>> anil = build_maml("anil", model, inner_lr=0.1, inner_steps=5)
-    """
-    if name not in MAML_VARIANTS:
-        raise ValueError(f"unknown MAML variant {name!r}; known: {', '.join(MAML_VARIANTS)}")
-    return MAML(model, **{**MAML_VARIANTS[name], **options})
+    def __init__(self, model: nn.Module, **options: Any) -> None:
+        super().__init__(model, **{**options, "first_order": True})
+
+
+class ANIL(MAML):
+    """ANIL (Raghu et al. 2020): ``MAML(adapt="head")``, only the head adapts."""
+
+    def __init__(self, model: nn.Module, **options: Any) -> None:
+        super().__init__(model, **{**options, "adapt": "head"})
+
+
+class MetaSGD(MAML):
+    """Meta-SGD (Li et al. 2017): ``MAML(meta_sgd=True)``, a learned rate per parameter."""
+
+    def __init__(self, model: nn.Module, **options: Any) -> None:
+        super().__init__(model, **{**options, "meta_sgd": True})
 
 
 def _key(name: str) -> str:

@@ -17,7 +17,7 @@ such that this online learning is fast and forgets little (the paper's Algorithm
    order: ``create_graph=True``);
 4. outer loss: cross-entropy of the adapted PLN on fresh examples of the trajectory's classes
    (the episode's queries) and on the remember set; its gradient updates the RLN and the
-   PLN's initialisation (Adam, by the :class:`~lifelong.train.Trainer`).
+   PLN's initialisation (Adam, by the :class:`~lifelong.pipeline.train.Trainer`).
 
 Class labels are global (the meta-training split's class ids, ``EpisodeBatch.classes``), so the
 PLN's output layer has one row per meta-training class, as in the reference implementation
@@ -38,24 +38,24 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from lifelong.algorithms.base import Algorithm, MetaLoss, Predictor
+from lifelong.algorithms.base import Algorithm, MetaLoss, ModelFactory, Predictor
+from lifelong.algorithms.embedding import embed, embed_batch, eval_mode
 from lifelong.algorithms.functional import ModuleForward, Params
 from lifelong.algorithms.inner_loop import inner_loop
-from lifelong.algorithms.protonet import embed, embed_batch, eval_mode
 from lifelong.data.episodes import EpisodeBatch
 from lifelong.models.mlp import MLP
 
 if TYPE_CHECKING:
-    from lifelong.build import DataFacts
-    from lifelong.config import RunConfig
+    from lifelong.pipeline.config import RunConfig
+    from lifelong.pipeline.data import DataFacts
 
 SINE_HIDDEN = (300,) * 7
 """Javed & White 2019, section 4.1: eight layers of 300 units, six in the RLN, two in the
@@ -77,8 +77,55 @@ class OML(Algorithm):
         functions: regression only: the functions of a trajectory (the one-hot width of the
             input, which is then ``1 + functions`` values).
         first_order: drop the second-order terms of the meta-gradient.
-        channels_last: feed images in NHWC layout (see :func:`lifelong.algorithms.protonet.embed`).
+        channels_last: feed images in NHWC layout (see :func:`lifelong.algorithms.embedding.embed`).
     """
+
+    defaults: ClassVar[dict[str, Any]] = {"inner_lr": 0.03}  # the reference code's online rate
+    splittable = False  # a trajectory's remember set is drawn from its whole meta-batch
+    solves_regression = True
+    own_options = ("channels_last",)
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, facts: DataFacts, models: ModelFactory) -> OML:
+        """On images the RLN is the run's backbone without a head and the PLN one linear layer
+        over the meta-training classes; on sinusoids an MLP (default :data:`SINE_HIDDEN`,
+        :func:`kaiming_init`) whose last hidden layer and output form the PLN, with
+        trajectories of ``meta_batch`` functions and ``shots // inner_steps`` points per
+        inner step."""
+        inner_lr = cfg.inner_lr if cfg.inner_lr is not None else cls.defaults["inner_lr"]
+        if facts.regression:
+            hidden = cfg.hidden or SINE_HIDDEN
+            if len(hidden) < 2:
+                raise ValueError(
+                    f"OML on sinusoids needs at least two `hidden` layers (RLN and PLN), "
+                    f"got {hidden}"
+                )
+            steps = cfg.inner_steps or cfg.shots
+            if cfg.shots % steps:
+                raise ValueError(
+                    f"OML splits each function's {cfg.shots} `shots` into `inner_steps` {steps} "
+                    "equal online batches: choose a divisor"
+                )
+            return kaiming_init(
+                cls(
+                    MLP(1 + cfg.meta_batch, hidden[:-1], None),
+                    num_classes=1,
+                    prediction_hidden=hidden[-1:],
+                    inner_lr=inner_lr,
+                    online_batch=cfg.shots // steps,
+                    functions=cfg.meta_batch,
+                )
+            )
+        if cfg.inner_steps is not None:
+            raise ValueError(
+                "OML takes one SGD step per trajectory image; `inner_steps` applies to sinusoids"
+            )
+        return cls(
+            models(None),
+            num_classes=(facts.classes or {}).get(cfg.train_split, 0),
+            inner_lr=inner_lr,
+            channels_last=cfg.channels_last,
+        )
 
     def __init__(
         self,
@@ -114,6 +161,19 @@ class OML(Algorithm):
         self.channels_last = channels_last
 
     # ------------------------------------------------------------------ pieces
+    def body(self) -> nn.Module:
+        return self.representation
+
+    def embedding(self) -> Callable[[Tensor], Tensor]:
+        return self.embed
+
+    def prediction_network(self) -> nn.Module:
+        return self.prediction
+
+    @property
+    def online_lr(self) -> float:  # type: ignore[override]
+        return self.inner_lr
+
     def embed(self, x: Tensor) -> Tensor:
         """The RLN's features ``[n, D]`` (in the current mode)."""
         return embed(self.representation, x, self.channels_last)
@@ -254,43 +314,3 @@ def kaiming_init(oml: OML) -> OML:
             nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
             nn.init.zeros_(module.bias)
     return oml
-
-
-def build_oml(cfg: RunConfig, facts: DataFacts) -> OML:
-    """OML for a run: on images the RLN is the config's backbone without a head and the PLN one
-    linear layer over the meta-training classes; on sinusoids an MLP (default
-    :data:`SINE_HIDDEN`, :func:`kaiming_init`) whose last hidden layer and output form the PLN,
-    with trajectories of ``meta_batch`` functions and ``shots // inner_steps`` points per inner
-    step."""
-    from lifelong.build import build_model  # lifelong.build imports this module
-    from lifelong.config import ConfigError
-
-    inner_lr = cfg.inner_lr if cfg.inner_lr is not None else 0.03
-    if facts.regression:
-        hidden = cfg.hidden or SINE_HIDDEN
-        if len(hidden) < 2:
-            raise ConfigError(
-                f"OML on sinusoids needs at least two hidden layers (RLN and PLN), got {hidden}"
-            )
-        steps = cfg.inner_steps or cfg.shots
-        if cfg.shots % steps:
-            raise ConfigError(
-                f"OML splits each function's {cfg.shots} shots into --inner-steps {steps} "
-                "equal online batches: choose a divisor"
-            )
-        return kaiming_init(
-            OML(
-                MLP(1 + cfg.meta_batch, hidden[:-1], None),
-                num_classes=1,
-                prediction_hidden=hidden[-1:],
-                inner_lr=inner_lr,
-                online_batch=cfg.shots // steps,
-                functions=cfg.meta_batch,
-            )
-        )
-    if cfg.inner_steps is not None:
-        raise ConfigError(
-            "OML takes one SGD step per trajectory image; --inner-steps applies to sinusoids"
-        )
-    classes = (facts.classes or {}).get("train", 0)
-    return OML(build_model(cfg, facts, None), num_classes=classes, inner_lr=inner_lr)

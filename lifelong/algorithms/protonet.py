@@ -21,87 +21,27 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
-from typing import Literal, get_args
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lifelong.algorithms.base import Algorithm, MetaLoss, Predictor
+from lifelong.algorithms.base import Algorithm, MetaLoss, ModelFactory, Predictor
 from lifelong.algorithms.distances import (
     Distance,
     check_distance,
     full_precision,
     pairwise_distance,
 )
+from lifelong.algorithms.embedding import embed, embed_batch, eval_mode
+from lifelong.algorithms.precision import Precision, check_precision
 from lifelong.data.episodes import EpisodeBatch
 
-
-@contextmanager
-def eval_mode(module: nn.Module) -> Iterator[None]:
-    """Put ``module`` in eval mode for the block, then restore every submodule's own mode."""
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
-
-
-Precision = Literal["float32", "bfloat16", "float16"]
-PRECISIONS: tuple[str, ...] = get_args(Precision)
-
-
-def check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-
-
-def embed(
-    encoder: nn.Module, x: Tensor, channels_last: bool = True, precision: Precision = "float32"
-) -> Tensor:
-    """Embeddings ``[n, D]`` of inputs ``[n, ...]``: ``encoder.embed`` if the encoder has one
-    (a backbone with an unused head), else ``encoder(x)``; flattened after the first dim and
-    returned in at least float32.
-
-    ``channels_last`` hands images ``[n, C, H, W]`` to the encoder in NHWC layout, the fast
-    layout of oneDNN (CPU) and cuDNN convolutions; the values are unchanged. The strides are
-    set explicitly (``empty_like`` + ``copy_``) because ``.contiguous(channels_last)`` leaves
-    a 1-channel image (Omniglot) in a layout the convolution reads as NCHW. ``precision``
-    other than ``"float32"`` runs the encoder under ``torch.autocast`` in that dtype
-    (``"bfloat16"``: AMX / AVX-512-BF16 on CPUs, tensor cores on GPUs); otherwise an autocast
-    region the caller opened stays in force.
-    """
-    if channels_last and x.dim() == 4:
-        x = torch.empty_like(x, memory_format=torch.channels_last).copy_(x)
-    forward = getattr(encoder, "embed", None)
-    with (
-        torch.autocast(x.device.type, getattr(torch, precision))
-        if precision != "float32"
-        else nullcontext()
-    ):
-        z = forward(x) if callable(forward) else encoder(x)
-    return full_precision(z.flatten(1))
-
-
-def embed_batch(
-    encoder: nn.Module,
-    batch: EpisodeBatch,
-    channels_last: bool = True,
-    precision: Precision = "float32",
-) -> tuple[Tensor, Tensor]:
-    """Support ``[B, N*K, D]`` and query ``[B, N*Q, D]`` embeddings of a batch of episodes,
-    from ONE encoder forward over all their images (see :func:`embed`)."""
-    episodes, support = batch.support_y.shape
-    images = torch.cat((batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)))
-    z = embed(encoder, images, channels_last, precision)
-    return (
-        z[: episodes * support].unflatten(0, (episodes, support)),
-        z[episodes * support :].unflatten(0, (episodes, -1)),
-    )
+if TYPE_CHECKING:
+    from lifelong.pipeline.config import RunConfig
+    from lifelong.pipeline.data import DataFacts
 
 
 class ProtoNet(Algorithm):
@@ -124,6 +64,22 @@ class ProtoNet(Algorithm):
         >>> z = model.embed(images)                     # [n, D]
         >>> c = model.prototypes(z, labels, ways=5)     # [5, D] class means (eq. 1)
     """
+
+    defaults: ClassVar[dict[str, Any]] = {
+        "meta_batch": 1
+    }  # one episode per step (Snell et al. 2017, section 3.1)
+    own_options = ("distance", "distance_p", "temperature", "precision", "channels_last")
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, facts: DataFacts, models: ModelFactory) -> ProtoNet:
+        return cls(
+            models(None),
+            distance=cfg.distance,
+            p=cfg.distance_p,
+            temperature=cfg.temperature,
+            channels_last=cfg.channels_last,
+            precision=cfg.precision,
+        )
 
     def __init__(
         self,
@@ -149,6 +105,12 @@ class ProtoNet(Algorithm):
     def embed(self, x: Tensor) -> Tensor:
         """``f_phi(x)``: embeddings ``[n, D]`` of inputs ``[n, ...]`` (in the current mode)."""
         return embed(self.encoder, x, self.channels_last, self.precision)
+
+    def body(self) -> nn.Module:
+        return self.encoder
+
+    def embedding(self) -> Callable[[Tensor], Tensor]:
+        return self.embed
 
     @staticmethod
     def prototypes(embeddings: Tensor, labels: Tensor, ways: int) -> Tensor:

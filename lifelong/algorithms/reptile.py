@@ -21,6 +21,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 from torch import Tensor, nn
 
@@ -40,6 +42,16 @@ class Reptile(InnerLoopLearner):
         regression: MSE instead of cross-entropy.
         fast, task_chunk, workers: as in :class:`~lifelong.algorithms.maml.MAML`.
     """
+
+    defaults: ClassVar[dict[str, Any]] = {
+        "meta_batch": 5,
+        "inner_lr": 0.1,
+        "inner_steps": 5,
+    }  # Nichol et al., table 3
+    dataset_defaults: ClassVar[dict[str, dict[str, Any]]] = {
+        "omniglot": {"eval_inner_steps": 50},
+        "sinusoid": {"inner_lr": 0.01},
+    }
 
     def __init__(
         self,

@@ -1,7 +1,8 @@
 """``lifelong stream``: run a lifelong-learning protocol on a trained run.
 
 Registered in :mod:`lifelong.cli` as the ``stream`` command (bad input raises ``ValueError``
-with a one-line message, which the CLI prints without a traceback).
+with a one-line message, which the CLI prints without a traceback). Importing this module
+imports no torch: the learners, protocols and models are imported when the command runs.
 
 Example:
     $ lifelong stream runs/omniglot-proto --protocol continual-omniglot --learner prototypes \\
@@ -17,8 +18,8 @@ from typing import Annotated
 
 import typer
 
-from lifelong.continual.learners import LEARNERS, LearnerSettings
-from lifelong.continual.protocols import PROTOCOLS
+# the names only (no torch): the learners and protocols are imported when the command runs
+from lifelong.continual.registry import LEARNERS, PROTOCOLS
 
 
 def stream_command(
@@ -34,7 +35,9 @@ def stream_command(
         ),
     ] = None,
     seeds: Annotated[int, typer.Option(help="Streams (class orders), each a fresh learner.")] = 10,
-    learner: Annotated[str, typer.Option(help=", ".join(LEARNERS) + ".")] = "prototypes",
+    learner: Annotated[
+        str, typer.Option(help="; ".join(f"{k}: {v}" for k, v in LEARNERS.items()) + ".")
+    ] = "prototypes",
     lr: Annotated[
         float | None,
         typer.Option(help="SGD learners: learning rate (default: an OML run's inner rate)."),
@@ -58,6 +61,7 @@ def stream_command(
     """Learn classes one after another and report accuracy on all classes seen so far,
     forgetting and backward transfer (mean and 95% CI over seeds)."""
     from lifelong.continual.protocols import run_protocol
+    from lifelong.continual.registry import LearnerSettings
 
     settings = LearnerSettings(lr=lr, optimizer=optimizer, buffer=buffer, replay_batch=replay_batch)
     result = run_protocol(

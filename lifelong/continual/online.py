@@ -26,14 +26,19 @@ Example:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lifelong.continual.learner import ContinualLearner
+from lifelong.continual.base import ContinualLearner
 from lifelong.continual.replay import ReservoirBuffer
+
+if TYPE_CHECKING:
+    from lifelong.algorithms.base import Algorithm
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
@@ -123,3 +128,32 @@ class OnlineSGD(ContinualLearner):
     @torch.no_grad()
     def predict(self, x: Tensor) -> Tensor:
         return torch.cat([self.forward(self.inputs(part)) for part in x.split(self.chunk)])
+
+
+def zero_linear(in_features: int, out_features: int) -> nn.Linear:
+    layer = nn.Linear(in_features, out_features)
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def network_of(algorithm: Algorithm, num_classes: int) -> tuple[nn.Module, nn.Module]:
+    """Copies of the run's representation and head for :class:`OnlineSGD`: its body, and its
+    prediction network (OML's PLN) with a fresh zero output layer of ``num_classes`` rows
+    (kept as meta-learned for regression), else a zero linear layer on the embedding."""
+    body = copy.deepcopy(algorithm.body())
+    prediction = algorithm.prediction_network()
+    if prediction is not None:
+        head = copy.deepcopy(prediction)
+        if not algorithm.regression:
+            head.head = zero_linear(head.head.in_features, num_classes)
+        return body, head
+    dim = getattr(body, "embedding_dim", None)
+    if not isinstance(dim, int):
+        raise ValueError(f"the representation of {type(algorithm).__name__} has no embedding_dim")
+    if algorithm.regression:
+        raise ValueError(
+            f"{type(algorithm).__name__} is a regression run without a prediction network; "
+            "the SGD learners need an OML run for regression streams"
+        )
+    return body, zero_linear(dim, num_classes)

@@ -6,8 +6,8 @@ stream order and a fresh learner each time) and :class:`StreamResult` summarises
 (mean and 95% confidence interval of the accuracy against the number of classes learned, the
 accuracy matrix, forgetting, backward transfer; :mod:`lifelong.continual.metrics`).
 
-The published protocols, by name (:data:`PROTOCOLS`), run on a trained run folder through
-:func:`run_protocol`:
+The published protocols, by name (:data:`~lifelong.continual.registry.PROTOCOLS`), run on a
+trained run folder through :func:`run_protocol`:
 
 ``continual-omniglot``
     Javed & White 2019 and Beaulieu et al. 2020 ("Learning to Continually Learn", ANML): after
@@ -43,13 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lifelong.continual.learner import ContinualLearner
-from lifelong.continual.learners import (
-    LEARNERS,
-    LearnerSettings,
-    make_learner,
-    resolve_settings,
-)
+from lifelong.continual.base import ContinualLearner
 from lifelong.continual.metrics import (
     accuracy_matrix,
     average_accuracy,
@@ -57,35 +51,17 @@ from lifelong.continual.metrics import (
     forgetting,
     seen_accuracy,
 )
+from lifelong.continual.registry import (
+    PROTOCOLS,
+    LearnerSettings,
+    check_learner,
+    make_learner,
+    resolve_settings,
+)
 from lifelong.continual.streams import ClassStream, SineStream, task_sequence
+from lifelong.stats import confidence_interval, format_mean_ci
 
 Stream = ClassStream | SineStream
-OMNIGLOT_REPORT = (10, 50, 100, 200, 400, 600)
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """A published protocol: what it streams and when it reports.
-
-    Attributes:
-        name: the protocol's name.
-        default_classes: classes (tasks x ways, or functions) in the stream by default.
-        report_at: class counts after which the learner is tested (the stream's own size is
-            always added); ``None``: after every step.
-        regression: the stream is a regression stream.
-    """
-
-    name: str
-    default_classes: int
-    report_at: tuple[int, ...] | None
-    regression: bool = False
-
-
-PROTOCOLS = {
-    "continual-omniglot": Protocol("continual-omniglot", 600, OMNIGLOT_REPORT),
-    "task-sequence": Protocol("task-sequence", 100, None),
-    "incremental-sine": Protocol("incremental-sine", 10, None, regression=True),
-}
 TASK_WAYS, TASK_SHOTS, TASK_QUERIES = 5, 5, 15
 
 
@@ -187,8 +163,6 @@ def _json_number(value: float | None) -> float | None:
 
 def _summary(values: Sequence[float]) -> dict[str, float | None]:
     """Mean and 95% CI half-width over seeds (``None`` where undefined)."""
-    from lifelong.evaluate import confidence_interval  # imports every algorithm: only here
-
     finite = torch.tensor([v for v in values if not math.isnan(v)], dtype=torch.float64)
     if finite.numel() == 0:
         return {"mean": None, "ci95": None}
@@ -295,12 +269,10 @@ class StreamResult:
         percent = self.metric == "accuracy"
 
         def fmt(stats: dict[str, float | None]) -> str:
-            mean, ci = stats["mean"], stats["ci95"]
+            mean = stats["mean"]
             if mean is None:
                 return "n/a"
-            if percent:
-                return f"{100 * mean:.2f}%" + ("" if ci is None else f" ± {100 * ci:.2f}%")
-            return f"{mean:.4g}" + ("" if ci is None else f" ± {ci:.2g}")
+            return format_mean_ci(mean, stats["ci95"], percent=percent, ci_spec=".2g")
 
         name = "functions" if self.metric == "mse" else "classes"
         lines = [
@@ -363,12 +335,12 @@ def run_protocol(
         ValueError: an unknown protocol or learner, a protocol or learner that does not fit
             the run, a stream longer than the classes available.
     """
-    from lifelong.build import load_data, load_trained
+    from lifelong.pipeline.data import load_data
+    from lifelong.pipeline.trained import load_trained
 
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
-    if learner not in LEARNERS:
-        raise ValueError(f"unknown learner {learner!r}; choose one of {', '.join(LEARNERS)}")
+    check_learner(learner)
     if seeds < 1:
         raise ValueError(f"seeds must be positive, got {seeds}")
     spec = PROTOCOLS[protocol]
@@ -381,7 +353,7 @@ def run_protocol(
     classes = spec.default_classes if classes is None else classes
     settings = settings or LearnerSettings()
     if protocol == "incremental-sine":
-        functions = getattr(algorithm, "functions", None)
+        functions = algorithm.functions
         if functions is None:
             raise ValueError(
                 f"incremental-sine needs an OML sinusoid run (its input carries the function "

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from lifelong.algorithms.distances import Distance, check_distance, pairwise_distance
-from lifelong.continual.learner import ContinualLearner
+from lifelong.continual.base import ContinualLearner
 
 
 class PrototypeMemory(ContinualLearner):

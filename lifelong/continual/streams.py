@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from lifelong.data.classes import ClassDataset
-from lifelong.data.episodes import stream_generator
+from lifelong.data.episodes import stream_generator, to_device
 from lifelong.data.sinusoid import sinusoid
 
 
@@ -61,21 +61,15 @@ class Step:
     test_y: Tensor
 
     def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Step:
-        """Move to ``device``; ``uint8`` images become ``dtype`` in ``[0, 1]``."""
-
-        def move(t: Tensor) -> Tensor:
-            t = t.to(device)
-            if t.dtype == torch.uint8:
-                return t.to(dtype).div_(255.0)
-            return t.to(dtype) if t.is_floating_point() else t
-
+        """Move to ``device`` with :func:`~lifelong.data.episodes.to_device`: ``uint8`` images
+        become ``dtype`` in ``[0, 1]``, other floats become ``dtype``, labels stay integer."""
         return Step(
             self.index,
             self.classes.to(device),
-            move(self.train_x),
-            move(self.train_y),
-            move(self.test_x),
-            move(self.test_y),
+            to_device(self.train_x, device, dtype),
+            to_device(self.train_y, device, dtype),
+            to_device(self.test_x, device, dtype),
+            to_device(self.test_y, device, dtype),
         )
 
 

@@ -1,4 +1,4 @@
-"""Checksummed downloads and safe archive extraction.
+"""Checksummed downloads.
 
 :func:`download` streams a URL (``urllib``, standard library) into ``<dest>.part`` with a
 progress bar, hashing on the fly, and renames it onto ``dest`` only after every check passed:
@@ -6,9 +6,8 @@ the server did not send an HTML page instead of the file (an error or login page
 transfer was not cut off (``Content-Length``), and the md5/sha256 match. On any failure the
 partial file is deleted, so a file at ``dest`` is always complete and verified.
 
-:func:`extract` unpacks zip and tar(.gz/.bz2/.xz) archives after checking every member: absolute
-paths, ``..`` components, and links pointing outside the target folder are rejected before
-anything is written (the "zip slip" and tar path-traversal attacks).
+The dataset loaders read the downloaded archives in place (Omniglot's zips, the CIFAR-100
+tar), so nothing is ever extracted to disk.
 
 Example:
     >>> download("https://github.com/brendenlake/omniglot/raw/master/python/images_background.zip",
@@ -21,13 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import posixpath
-import re
-import tarfile
 import urllib.error
 import urllib.parse
 import urllib.request
-import zipfile
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -39,10 +34,6 @@ CHUNK = 1 << 16
 
 class DownloadError(RuntimeError):
     """A download that failed or delivered something other than the expected file."""
-
-
-class UnsafeArchiveError(ValueError):
-    """An archive member that would be written outside the extraction folder."""
 
 
 def _digests(path: Path, names: list[str]) -> dict[str, str]:
@@ -139,55 +130,3 @@ def download(
     finally:
         part.unlink(missing_ok=True)
     return dest
-
-
-def _check_member(name: str, archive: Path, link: str | None = None, hard: bool = False) -> None:
-    """Reject a member name (and link target) that is absolute or climbs out with ``..``."""
-    posix = name.replace("\\", "/")
-    if posix.startswith("/") or re.match(r"^[A-Za-z]:", posix) or ".." in posix.split("/"):
-        raise UnsafeArchiveError(f"{archive}: member {name!r} would be written outside the target")
-    if link is None:
-        return
-    base = "" if hard else posixpath.dirname(posix)
-    resolved = posixpath.normpath(posixpath.join(base, link.replace("\\", "/")))
-    if link.startswith(("/", "\\")) or resolved == ".." or resolved.startswith("../"):
-        raise UnsafeArchiveError(
-            f"{archive}: link {name!r} -> {link!r} points outside the target folder"
-        )
-
-
-def extract(archive: str | Path, target: str | Path) -> Path:
-    """Extract a zip or tar(.gz/.bz2/.xz) archive into ``target`` (created if needed) after
-    checking every member; returns ``target``.
-
-    Raises:
-        UnsafeArchiveError: a member has an absolute path or ``..``, a link points outside
-            ``target``, or a tar member is a device or pipe. Nothing is extracted then.
-        ValueError: ``archive`` is neither a zip nor a tar archive.
-
-    Example:
-        >>> extract("cifar-100-python.tar.gz", "data/")  # doctest: +SKIP
-        PosixPath('data')
-    """
-    archive, target = Path(archive), Path(target)
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            for info in zf.infolist():
-                _check_member(info.filename, archive)
-            target.mkdir(parents=True, exist_ok=True)
-            zf.extractall(target)
-    elif tarfile.is_tarfile(archive):
-        with tarfile.open(archive) as tf:
-            members = tf.getmembers()
-            for m in members:
-                if not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
-                    raise UnsafeArchiveError(
-                        f"{archive}: member {m.name!r} is a device or pipe, not a file"
-                    )
-                link = m.linkname if (m.issym() or m.islnk()) else None
-                _check_member(m.name, archive, link, hard=m.islnk())
-            target.mkdir(parents=True, exist_ok=True)
-            tf.extractall(target, members=members, filter="data")
-    else:
-        raise ValueError(f"{archive} is neither a zip nor a tar archive")
-    return target

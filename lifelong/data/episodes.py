@@ -13,14 +13,30 @@ Layout: inside an episode, support and query are class-major: the support label 
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from lifelong.data.classes import ClassDataset
+
+
+def to_device(t: Tensor, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``t`` on ``device``: ``uint8`` images become ``dtype`` in ``[0, 1]``, other floats become
+    ``dtype``, integers (labels) stay as they are. To a GPU, a host tensor is copied through
+    pinned (page-locked) memory without blocking, and images travel as ``uint8`` (a quarter of
+    the bytes of float32), converted on the GPU."""
+    device = torch.device(device)
+    if device.type == "cuda" and t.device.type == "cpu":
+        t = t.pin_memory().to(device, non_blocking=True)
+    else:
+        t = t.to(device)
+    if t.dtype == torch.uint8:
+        return t.to(dtype).div_(255.0)
+    return t.to(dtype) if t.is_floating_point() else t
 
 
 @dataclass
@@ -60,30 +76,17 @@ class EpisodeBatch:
         return self.query_x.shape[1] // self.ways if self.ways else self.query_x.shape[1]
 
     def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> EpisodeBatch:
-        """Move to ``device``; ``uint8`` images become ``dtype`` in ``[0, 1]``, other floats
-        become ``dtype``, labels stay integer. To a GPU, host tensors are copied through pinned
-        (page-locked) memory without blocking, and images travel as ``uint8`` (a quarter of
-        the bytes of float32), converted on the GPU."""
+        """Move to ``device`` with :func:`to_device`: ``uint8`` images become ``dtype`` in
+        ``[0, 1]``, other floats become ``dtype``, labels stay integer."""
         device = torch.device(device)
-        pinned = device.type == "cuda"
-
-        def move(t: Tensor) -> Tensor:
-            if pinned and t.device.type == "cpu":
-                t = t.pin_memory().to(device, non_blocking=True)
-            else:
-                t = t.to(device)
-            if t.dtype == torch.uint8:
-                return t.to(dtype).div_(255.0)
-            return t.to(dtype) if t.is_floating_point() else t
-
         return EpisodeBatch(
-            move(self.support_x),
-            move(self.support_y),
-            move(self.query_x),
-            move(self.query_y),
+            to_device(self.support_x, device, dtype),
+            to_device(self.support_y, device, dtype),
+            to_device(self.query_x, device, dtype),
+            to_device(self.query_y, device, dtype),
             self.ways,
             self.shots,
-            None if self.classes is None else move(self.classes),
+            None if self.classes is None else to_device(self.classes, device, dtype),
         )
 
     def __getitem__(self, index: int | slice) -> Episode | EpisodeBatch:
@@ -121,6 +124,37 @@ class EpisodeBatch:
             if isinstance(getattr(first, f.name), Tensor)
         }
         return EpisodeBatch(ways=first.ways, shots=first.shots, **parts)
+
+
+@runtime_checkable
+class EpisodeSet(Protocol):
+    """A fixed set of episodes, materialised batch by batch (:class:`FixedEpisodes`,
+    :class:`~lifelong.data.sinusoid.FixedSinusoids`)."""
+
+    def batches(self, batch_size: int) -> Iterable[EpisodeBatch]: ...
+
+
+@runtime_checkable
+class TaskSampler(Protocol):
+    """What draws the tasks of a run (:class:`EpisodeSampler`,
+    :class:`~lifelong.data.sinusoid.SinusoidSampler`): a deterministic random stream of
+    episode batches, fixed evaluation sets, and a state to checkpoint and resume the stream."""
+
+    def sample(self, batch_size: int) -> EpisodeBatch:
+        """The next ``batch_size`` tasks of the sampler's stream."""
+        ...
+
+    def fixed(self, episodes: int, seed: int) -> EpisodeSet:
+        """The same ``episodes`` tasks for the same ``seed``, whatever the stream drew."""
+        ...
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The state of the stream (its generator)."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Resume the stream from :meth:`state_dict`."""
+        ...
 
 
 FIXED_STREAM = 2**31 - 1

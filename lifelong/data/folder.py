@@ -5,11 +5,12 @@ Two layouts are understood::
     root/<class>/<image>                   classes split at random (seeded) by `splits`
     root/{train,val,test}/<class>/<image>  the split folders that exist are the splits
 
-Any format Pillow reads is accepted (PNG, JPEG, BMP, GIF, TIFF, WebP, PPM/PGM; see
-:data:`IMAGE_SUFFIXES`); other files and hidden files are ignored. Every image is resized to
-``image_size`` with Pillow's LANCZOS filter (without keeping the aspect ratio) and stored as
-``uint8`` in memory; the decoded tensors are cached (:mod:`lifelong.data.cache`), keyed by the
-file list with sizes and modification times, so editing the folder triggers a new decode.
+Any format Pillow reads is accepted (PNG, JPEG, BMP, GIF, TIFF, WebP, PPM/PGM/PBM; see
+:data:`~lifelong.data.images.IMAGE_SUFFIXES`); other files and hidden files are ignored. Every
+image is resized to ``image_size`` with Pillow's LANCZOS filter (without keeping the aspect
+ratio) and stored as ``uint8`` in memory; the decoded tensors are cached
+(:mod:`lifelong.data.cache`), keyed by the file list with sizes and modification times, so
+editing the folder triggers a new decode.
 
 Example:
     >>> splits = load_folder("my_letters/", image_size=28, splits=(0.6, 0.2, 0.2))  # doctest: +SKIP
@@ -25,11 +26,8 @@ from pathlib import Path
 
 from lifelong.data.cache import cached, files_fingerprint
 from lifelong.data.classes import ClassDataset, ClassInfo, split_indices
-from lifelong.data.images import Size, decode_classes
+from lifelong.data.images import IMAGE_SUFFIXES, Size, decode_classes
 
-IMAGE_SUFFIXES = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
-)
 SPLITS = ("train", "val", "test")
 
 

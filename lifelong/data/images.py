@@ -27,6 +27,11 @@ from tqdm.auto import tqdm
 
 from lifelong.data.classes import ClassDataset, ClassInfo
 
+#: The file suffixes taken for images (lower case) when a folder is read: the formats Pillow
+#: decodes that image files usually come in.
+IMAGE_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
 #: Pillow modes decoded as one channel (everything else becomes RGB).
 GRAYSCALE_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
 

@@ -20,27 +20,29 @@ Example:
     ['mug']
 """
 
-from lifelong.store.calibration import Calibration, calibrate
-from lifelong.store.db import (
-    Added,
-    ClassStore,
-    ClassSummary,
-    EmptyStore,
-    ExampleFile,
-    StoreError,
-    UnknownClass,
-)
-from lifelong.store.portable import export_store, import_store
-from lifelong.store.recognizer import (
-    Candidate,
-    ImageFile,
-    ImageTooLarge,
-    Recognition,
-    Recognizer,
-    open_store,
-    recognizer_for,
-    weights_fingerprint,
-)
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_HOMES = {
+    "calibration": ("Calibration", "calibrate"),
+    "db": ("Added", "ClassStore", "ClassSummary", "EmptyStore", "ExampleFile", "StoreError",
+           "UnknownClass"),
+    "portable": ("export_store", "import_store"),
+    "recognizer": ("Candidate", "ImageFile", "ImageTooLarge", "Recognition", "Recognizer",
+                   "open_store", "recognizer_for", "weights_fingerprint"),
+}  # fmt: skip
+"""Where each public name lives; imported on first use, so that the command line's help
+does not wait for torch."""
+
+
+def __getattr__(name: str) -> Any:
+    for module, names in _HOMES.items():
+        if name in names:
+            return getattr(importlib.import_module(f"lifelong.store.{module}"), name)
+    raise AttributeError(f"module 'lifelong.store' has no attribute {name!r}")
+
 
 __all__ = [
     "Added",

@@ -24,7 +24,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 
-from lifelong.config import atomic_write
+from lifelong.files import atomic_write
 from lifelong.store.db import ClassStore, StoreError, vector_blob
 
 FORMAT = "lifelong-store-export/1"

@@ -41,11 +41,11 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 
+from lifelong.algorithms.registry import algorithm_classes
 from lifelong.api import Learner, load
-from lifelong.build import FIXED_HEAD, load_data
-from lifelong.continual.learners import embedding_of
 from lifelong.continual.prototypes import PrototypeMemory
 from lifelong.data.images import ImageDecodeError, open_image
+from lifelong.pipeline.data import load_data
 from lifelong.store.calibration import calibrate
 from lifelong.store.db import Added, ClassStore, EmptyStore, ExampleFile, StoreError
 
@@ -121,6 +121,11 @@ class Recognition:
         return asdict(self)
 
 
+def store_algorithms() -> list[str]:
+    """The algorithms whose runs can back a class store."""
+    return [name for name, cls in algorithm_classes().items() if cls.can_back_store()]
+
+
 def weights_fingerprint(module: nn.Module) -> str:
     """SHA-256 of a module's state dict: every tensor's name, dtype, shape and bytes, in name
     order."""
@@ -138,18 +143,18 @@ class Recognizer:
 
     def __init__(self, learner: Learner, checkpoint: str = "best") -> None:
         config = learner.config
-        if learner.facts.regression or config.algorithm in FIXED_HEAD:
+        if learner.facts.regression or not type(learner.algorithm).can_back_store():
             raise ValueError(
                 f"run {str(learner.run.run_dir)!r} is a {config.algorithm} run on "
                 f"{config.dataset}: a class store needs an image embedding that is the same "
-                "for an image alone or in a batch (protonet, finetune or oml runs)"
+                f"for an image alone or in a batch ({', '.join(store_algorithms())} runs)"
             )
         self.learner, self.checkpoint = learner, checkpoint
         algorithm = learner.algorithm
-        self.embedding = embedding_of(algorithm)
-        self.distance = getattr(algorithm, "distance", "sqeuclidean")
-        self.p = float(getattr(algorithm, "p", 2.0))
-        self.temperature = float(getattr(algorithm, "temperature", 1.0))
+        self.embedding = algorithm.embedding()
+        self.distance = algorithm.distance
+        self.p = float(algorithm.p)
+        self.temperature = float(algorithm.temperature)
         self.fingerprint = weights_fingerprint(algorithm)
         self._lock = threading.Lock()
 

@@ -33,7 +33,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import Tensor
 
-from lifelong.config import atomic_write
+from lifelong.files import atomic_write
 
 FORMAT = "lifelong-checkpoint/1"
 

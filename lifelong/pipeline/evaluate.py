@@ -2,9 +2,9 @@
 
 Few-shot results are reported as the mean query metric over many test episodes with a 95%
 confidence interval ``1.96 * std / sqrt(n)`` (the protocol of Vinyals et al. 2016, Snell et al.
-2017, Finn et al. 2017: 1000 episodes, 600 on miniImageNet). Every method evaluated with the same
-dataset, episode shape and seed sees exactly the same tasks
-(:meth:`~lifelong.data.episodes.EpisodeSampler.fixed`).
+2017, Finn et al. 2017: 1000 episodes, 600 on miniImageNet), computed and written as text by
+:mod:`lifelong.stats`. Every method evaluated with the same dataset, episode shape and seed sees
+exactly the same tasks (:meth:`~lifelong.data.episodes.EpisodeSampler.fixed`).
 
 Example:
     >>> episodes = EpisodeSampler(splits["test"], 5, 1, 15).fixed(1000, seed=0)
@@ -15,26 +15,24 @@ Example:
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from lifelong.algorithms.base import Algorithm
-from lifelong.build import load_data, load_trained, resolve_device
-from lifelong.data.episodes import EpisodeBatch
+from lifelong.algorithms.embedding import eval_mode
+from lifelong.data.episodes import EpisodeSet
+from lifelong.pipeline.data import episode_count, load_data
+from lifelong.pipeline.device import resolve_device
+from lifelong.pipeline.memory import check_fits
+from lifelong.pipeline.trained import load_trained
+from lifelong.stats import confidence_interval, format_mean_ci
 
-Z95 = 1.96
-
-
-class EpisodeSet(Protocol):
-    """A fixed set of episodes (``FixedEpisodes`` or the sinusoid equivalent)."""
-
-    def batches(self, batch_size: int) -> Iterable[EpisodeBatch]: ...
+EVAL_BATCH = 25
+"""Test episodes evaluated together."""
 
 
 @dataclass(frozen=True)
@@ -59,12 +57,8 @@ class Evaluation:
         return asdict(self)
 
     def __str__(self) -> str:
-        if self.metric == "accuracy":
-            ci = "" if self.ci95 is None else f" ± {100 * self.ci95:.2f}%"
-            value = f"accuracy {100 * self.mean:.2f}%{ci}"
-        else:
-            ci = "" if self.ci95 is None else f" ± {self.ci95:.4g}"
-            value = f"{self.metric} {self.mean:.4g}{ci}"
+        percent = self.metric == "accuracy"
+        value = f"{self.metric} {format_mean_ci(self.mean, self.ci95, percent=percent)}"
         shape = f"{self.ways}-way " if self.ways else ""
         return (
             f"{value} ({self.split}, {shape}{self.shots}-shot {self.queries}-query, "
@@ -72,25 +66,11 @@ class Evaluation:
         )
 
 
-def confidence_interval(values: Tensor) -> tuple[float, float | None]:
-    """Mean and 95% confidence half-width ``1.96 * s / sqrt(n)`` of per-episode values, with
-    ``s`` the sample standard deviation (``n - 1`` in the denominator); ``None`` when
-    ``n < 2``."""
-    values = values.double().flatten()
-    if values.numel() == 0:
-        raise ValueError("no episodes to summarise")
-    n = values.numel()
-    mean = float(values.mean())
-    if n < 2:
-        return mean, None
-    return mean, Z95 * float(values.std(correction=1)) / math.sqrt(n)
-
-
 def episode_metrics(
     algorithm: Algorithm,
     episodes: EpisodeSet,
     device: torch.device | str = "cpu",
-    batch_size: int = 25,
+    batch_size: int = EVAL_BATCH,
 ) -> Tensor:
     """The query metric of every episode ``[n]``, with the algorithm in eval mode (its
     training mode is restored afterwards)."""
@@ -111,7 +91,7 @@ def evaluate(
     episodes: EpisodeSet,
     device: torch.device | str = "cpu",
     split: str = "test",
-    batch_size: int = 25,
+    batch_size: int = EVAL_BATCH,
 ) -> Evaluation:
     """Adapt to each episode's support set, score its queries; summarise with a 95% CI."""
     first = next(iter(episodes.batches(1)))
@@ -126,17 +106,8 @@ def evaluate(
         shots=first.shots,
         queries=first.queries,
         split=split,
-        inner_steps=inner_steps_of(algorithm),
+        inner_steps=algorithm.test_steps,
     )
-
-
-def inner_steps_of(algorithm: Algorithm) -> int | None:
-    """The adaptation steps an algorithm takes at test time, if it takes any."""
-    for name in ("eval_inner_steps", "inner_steps", "head_steps"):
-        steps = getattr(algorithm, name, None)
-        if isinstance(steps, int):
-            return steps
-    return None
 
 
 def evaluate_run(
@@ -166,6 +137,16 @@ def evaluate_run(
     data = load_data(trained.config)
     trained.check_data(data.facts)
     device_ = resolve_device(trained.config.device)
-    n = episodes or trained.config.default_test_episodes
+    n = episodes or episode_count(trained.config)
     fixed = data.sampler(split, seed=seed).fixed(n, seed=seed)
-    return evaluate(trained.algorithm.to(device_), fixed, device_, split=split)
+    algorithm = trained.algorithm.to(device_)
+
+    def probe(size: int) -> None:
+        with eval_mode(algorithm):
+            algorithm.evaluate(next(iter(fixed.batches(size))).to(device_))
+
+    batch_size = min(EVAL_BATCH, n)
+    cfg = trained.config
+    options = f"the episode shape (`test_ways` {cfg.episode_shape(split)[0]}, `test_queries`)"
+    check_fits(probe, batch_size, device_, f"a batch of {batch_size} test episodes", options)
+    return evaluate(algorithm, fixed, device_, split=split, batch_size=batch_size)

@@ -7,7 +7,7 @@ kernel. ``mallopt(M_MMAP_MAX, 0)`` and a huge ``M_TRIM_THRESHOLD`` keep the memo
 process instead. Measured on 2 CPU cores (``benchmarks/maml_speed.py --allocator keep``,
 ``benchmarks/protonet_speed.py``): a second-order MAML Omniglot meta-iteration 2.19 s ->
 1.79 s, a ProtoNet 60-way 5-shot episode 0.63 s -> 0.40 s. The cost: the process's resident
-memory does not shrink after its peak. :func:`lifelong.train.train` calls it for CPU runs.
+memory does not shrink after its peak. :func:`lifelong.pipeline.train.train` calls it for CPU runs.
 
 Example:
     >>> keep_freed_memory()   # True on glibc (Linux), False elsewhere: nothing changed

@@ -12,9 +12,9 @@ parameters of an uninterrupted one. A non-finite loss or gradient stops the run 
 
 Files in the run folder: ``config.yaml`` (the resolved settings), ``metrics.csv`` (one row per
 iteration and per validation), ``last.json``/``best.json`` with their tensor files
-(:mod:`lifelong.checkpoint`) and, when the ``tensorboard`` package is installed, ``tb/``.
+(:mod:`lifelong.pipeline.checkpoint`) and, when the ``tensorboard`` package is installed, ``tb/``.
 
-Under ``torchrun`` (:mod:`lifelong.distributed`) every process runs this loop on its own
+Under ``torchrun`` (:mod:`lifelong.pipeline.distributed`) every process runs this loop on its own
 episode stream (``stream = rank``) with ``meta_batch / world_size`` episodes a step; the
 meta-gradients (and the logged loss and metric) are averaged over the ranks before the Adam
 step, so that all ranks keep the same parameters. Rank 0 alone validates (the others wait for
@@ -47,17 +47,20 @@ from tqdm import tqdm
 
 from lifelong import __version__
 from lifelong.algorithms.base import Algorithm
-from lifelong.allocator import keep_freed_memory
-from lifelong.build import DataFacts, build_algorithm, load_data, resolve_device
-from lifelong.checkpoint import (
+from lifelong.data.episodes import TaskSampler
+from lifelong.files import atomic_write
+from lifelong.pipeline.allocator import keep_freed_memory
+from lifelong.pipeline.checkpoint import (
     has_checkpoint,
     load_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
-from lifelong.config import ConfigError, RunConfig, atomic_write
-from lifelong.distributed import (
+from lifelong.pipeline.config import ConfigError, RunConfig
+from lifelong.pipeline.data import DataFacts, load_data
+from lifelong.pipeline.device import resolve_device
+from lifelong.pipeline.distributed import (
     World,
     agree,
     all_gather_state,
@@ -70,7 +73,9 @@ from lifelong.distributed import (
     rank_seed,
     sync_batch_norm,
 )
-from lifelong.evaluate import EpisodeSet, Evaluation, evaluate
+from lifelong.pipeline.evaluate import EpisodeSet, Evaluation, evaluate
+from lifelong.pipeline.factory import build_algorithm, resolve_config
+from lifelong.pipeline.memory import Restored, check_fits
 
 RESUMABLE = (
     "iterations",
@@ -82,9 +87,6 @@ RESUMABLE = (
     "time_limit",
 )
 """Options that may change when a run is resumed; all others must match the saved run."""
-NOT_SPLITTABLE = ("oml",)
-"""Algorithms whose meta-batch is one whole (OML: one trajectory, a remember set drawn from all
-its episodes): they run in one process only."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -192,9 +194,9 @@ class Trainer:
         progress: show a tqdm progress bar (loss, metric, it/s) on stderr; it counts
             iterations, or seconds when ``config.time_limit`` is expected to end the run first.
 
-    In a process group (:mod:`lifelong.distributed`) ``sampler`` is this rank's own stream,
+    In a process group (:mod:`lifelong.pipeline.distributed`) ``sampler`` is this rank's own stream,
     each step draws ``config.meta_batch / world_size`` episodes, batch norm with running
-    statistics becomes :class:`~lifelong.distributed.GlobalBatchNorm` and every rank starts
+    statistics becomes :class:`~lifelong.pipeline.distributed.GlobalBatchNorm` and every rank starts
     from rank 0's parameters.
     """
 
@@ -202,7 +204,7 @@ class Trainer:
         self,
         algorithm: Algorithm,
         config: RunConfig,
-        sampler: Any,
+        sampler: TaskSampler,
         run_dir: str | Path,
         facts: DataFacts,
         validation: EpisodeSet | None = None,
@@ -211,7 +213,7 @@ class Trainer:
     ) -> None:
         self.world = World.current()
         self.batch_size = self.world.share(config.meta_batch)
-        if self.world.size > 1 and config.algorithm in NOT_SPLITTABLE:
+        if self.world.size > 1 and not type(algorithm).splittable:
             raise ConfigError(
                 f"{config.algorithm} meta-trains on whole meta-batches: run it in one process, "
                 f"not {self.world.size}"
@@ -306,7 +308,7 @@ class Trainer:
         )
         raise TrainingDiverged(
             f"training diverged at iteration {self.step + 1}: {what}; {last}. "
-            "Try a lower --meta-lr or --inner-lr, or --grad-clip"
+            "Try a lower `meta_lr` or `inner_lr`, or `grad_clip`"
         )
 
     def validate(self) -> Evaluation | None:
@@ -329,9 +331,37 @@ class Trainer:
             self.save("best")
         return result
 
+    def check_memory(self) -> int | None:
+        """Stop with a :class:`ConfigError` when one step would not fit in the free memory
+        (:mod:`lifelong.pipeline.memory`; one process only); return the estimate in bytes."""
+        if self.world.distributed:
+            return None
+        cfg = self.config
+
+        def probe(episodes: int) -> None:
+            batch = self.sampler.sample(episodes).to(self.device)
+            self.algorithm.meta_loss(batch).loss.backward()
+
+        size = (self.facts.image_shape or (0, 0, 0))[-1]
+        options = (
+            f"`meta_batch` ({cfg.meta_batch}), `ways` ({cfg.ways}), `queries` ({cfg.queries})"
+            + (f" or `image_size` ({size})" if size else "")
+        )
+        with Restored(self.algorithm, self.sampler):
+            return check_fits(
+                probe,
+                self.batch_size,
+                self.device,
+                "one training step",
+                options,
+                scalable=type(self.algorithm).splittable,
+            )
+
     def fit(self) -> TrainResult:
         """Train until ``config.iterations`` (or the time budget); return how it ended."""
         cfg = self.config
+        if self.step < cfg.iterations:
+            self.check_memory()
         main = self.world.is_main
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -443,7 +473,8 @@ def train(
         $ torchrun --nproc-per-node 2 -m lifelong train --algorithm maml --meta-batch 32 ...
     """
     if config.out is None:
-        raise ConfigError("no run folder given: pass --out RUN_DIR (or set out: in the config)")
+        raise ConfigError("no run folder given: set `out` RUN_DIR")
+    config = resolve_config(config)
     device = resolve_device(config.device, local_rank())
     with process_group(device) as world:
         run_dir = Path(config.out)
@@ -453,7 +484,7 @@ def train(
         algorithm = build_algorithm(config, data.facts)
         seed_everything(rank_seed(config.seed, world.rank), config.deterministic)
         if device.type == "cpu":
-            keep_freed_memory()  # re-use pages between steps (see lifelong.allocator)
+            keep_freed_memory()  # re-use pages between steps (see lifelong.pipeline.allocator)
         # training on trainval leaves no held-out classes to validate on
         has_val = data.splits is None or ("val" in data.splits and config.train_split == "train")
         validation = (
@@ -489,7 +520,6 @@ def _saved_state(run_dir: Path, config: RunConfig, resume: bool) -> dict[str, An
         return state
     if has_checkpoint(run_dir, "last"):
         raise ConfigError(
-            f"{str(run_dir)!r} already holds a run: pass --resume to continue it, "
-            "or choose another --out"
+            f"{str(run_dir)!r} already holds a run: resume it (--resume), or choose another `out`"
         )
     return None

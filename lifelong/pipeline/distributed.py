@@ -15,9 +15,9 @@ Collective operations that fail (a rank died, or did not answer within
 ``LIFELONG_DIST_TIMEOUT`` seconds, default 1800) raise :class:`RankFailure`, one line naming
 the rank and the operation; ``torchrun`` itself ends the whole job when one of its processes
 exits. Nothing is pickled: states travel as JSON and safetensors bytes, the formats of
-:mod:`lifelong.checkpoint`.
+:mod:`lifelong.pipeline.checkpoint`.
 
-Example (what :func:`lifelong.train.train` does)::
+Example (what :func:`lifelong.pipeline.train.train` does)::
 
     with process_group(torch.device("cpu")) as world:   # under torchrun: RANK, WORLD_SIZE...
         per_rank = world.share(meta_batch)              # episodes this rank draws
@@ -43,8 +43,8 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import Tensor, nn
 
-from lifelong.checkpoint import decode, encode
-from lifelong.config import ConfigError
+from lifelong.pipeline.checkpoint import decode, encode
+from lifelong.pipeline.config import ConfigError
 
 TIMEOUT_ENV = "LIFELONG_DIST_TIMEOUT"
 DEFAULT_TIMEOUT = 1800.0
@@ -248,7 +248,7 @@ def broadcast_state(state: Any) -> Any:
 def on_main(fn: Callable[[], T]) -> T:
     """``fn()`` run by rank 0 alone, its result (JSON-able values and tensors) given to every
     rank; an error it raises (a bad setting, a missing checkpoint) is raised on every rank,
-    as a :class:`~lifelong.config.ConfigError` with the same message, so that no rank is
+    as a :class:`~lifelong.pipeline.config.ConfigError` with the same message, so that no rank is
     left waiting."""
     world = World.current()
     if not world.distributed:
