@@ -1,10 +1,11 @@
 """The reproduction table and plot: paper against ours, from the results of `lifelong reproduce`.
 
-Reads the JSON lines that ``lifelong reproduce ROW`` appends (default
-``benchmarks/results/reproduce.jsonl``), takes the latest entry of every row, and writes
+Reads the JSON lines that ``lifelong reproduce ROW`` appends (default: this repository's
+``benchmarks/results/reproduce.jsonl``, wherever the script is run from), takes the latest
+entry of every row, and writes
 
 * ``reproduce_table.md``: a markdown table for the README, one line per test of every row file
-  in ``configs/reproduce/`` (rows without a result say "not run"): the published value, ours
+  in ``lifelong/reproduce_rows/`` (rows without a result say "not run"): the published value, ours
   with its 95% confidence interval, whether ours is better, within the paper's interval or
   worse, the iterations trained, the training wall-clock, the machine, and a reference to the
   row's list of differences from the paper, printed under the table;
@@ -24,8 +25,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from lifelong.reproduce import RESULTS, Row, describe, load_row, row_names
+from lifelong import reproduce
+from lifelong.reproduce import Row, describe, load_row, row_names
 
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / reproduce.RESULTS
+"""The repository's results file (``lifelong reproduce`` appends under its working directory)."""
 OUT_DIR = RESULTS.parent
 DATASET_ORDER = ("omniglot", "sinusoid", "miniimagenet")
 UNCONFIRMED = "†"

@@ -1,10 +1,10 @@
 """Reproduce published results: one row file per training, tested as the paper tests it.
 
-A *row* (``configs/reproduce/<row>.yaml``) is one meta-training run of a paper's table: the
-run's settings (``train:``, any :class:`~lifelong.pipeline.config.RunConfig` options), the time budget
-it runs under here (``budget_minutes``), one or more test settings (``evaluate:``), each with
-the published value it is compared with, and the ways in which our setting differs from the
-paper (``differences:``)::
+A *row* (``lifelong/reproduce_rows/<row>.yaml``, package data) is one meta-training run of a
+paper's table: the run's settings (``train:``, any :class:`~lifelong.pipeline.config.RunConfig`
+options), the time budget it runs under here (``budget_minutes``), one or more test settings
+(``evaluate:``), each with the published value it is compared with, and the ways in which our
+setting differs from the paper (``differences:``)::
 
     row: maml-omniglot-5w1s
     title: MAML, Omniglot 5-way 1-shot
@@ -28,10 +28,15 @@ and on 20-way tasks; the sinusoid rows test after 1, 5 and 10 steps.
 
 :func:`reproduce` trains the row into a run folder (resuming an interrupted one, and counting
 the time of earlier sessions against the budget), tests it on the paper's number of fixed test
-episodes (:func:`lifelong.pipeline.evaluate.evaluate_run`: mean and 95% confidence interval) and appends
-one JSON line to ``benchmarks/results/reproduce.jsonl``: the row, the paper's values, ours,
-iterations, training wall-clock, time limit, machine, versions, commit and the differences.
-``benchmarks/reproduce_table.py`` turns that file into the README's table and plot.
+episodes (:func:`lifelong.pipeline.evaluate.evaluate`: mean and 95% confidence interval; the
+run's checkpoint is loaded once for all its tests) and appends one JSON line to
+``benchmarks/results/reproduce.jsonl`` under the working directory (or ``--results``): the row,
+the paper's values, ours, iterations, training wall-clock, time limit, machine, versions, commit
+(of a source checkout; ``None`` for an installed package) and the differences.
+``benchmarks/reproduce_table.py`` turns the repository's file into the README's table and plot.
+
+Importing this module stays light (no torch): training and testing import what they need when
+they run, so that ``lifelong --help`` is fast.
 
 Example:
     $ lifelong reproduce --list
@@ -52,29 +57,29 @@ import subprocess
 import time
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
+from importlib.resources import files
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import torch
 import typer
 import yaml
 
 from lifelong import __version__
-from lifelong.data.registry import DATASETS, dataset_info
 from lifelong.files import atomic_write
-from lifelong.pipeline.checkpoint import has_checkpoint, load_checkpoint
 from lifelong.pipeline.config import ConfigError, RunConfig
-from lifelong.pipeline.data import episode_count, load_data
-from lifelong.pipeline.device import resolve_device
-from lifelong.pipeline.evaluate import Evaluation, evaluate_run
-from lifelong.pipeline.train import RESUMABLE, train
-from lifelong.pipeline.trained import load_trained
 
-ROOT = Path(__file__).resolve().parents[1]
-ROWS_DIR = ROOT / "configs" / "reproduce"
-"""The row files (of a source checkout)."""
-RESULTS = ROOT / "benchmarks" / "results" / "reproduce.jsonl"
-"""The default results file: one JSON line per reproduction."""
+if TYPE_CHECKING:  # the heavy modules (torch) are imported where they are used
+    from importlib.abc import Traversable
+
+    import torch
+
+    from lifelong.pipeline.trained import Trained
+
+ROWS_DIR: Traversable = files("lifelong") / "reproduce_rows"
+"""The row files: package data (a folder of the installed package, or of the checkout)."""
+RESULTS = Path("benchmarks") / "results" / "reproduce.jsonl"
+"""The default results file (relative: under the working directory), one JSON line per
+reproduction."""
 RUNS = Path("runs/reproduce")
 """The default parent of the run folders (relative to the working directory)."""
 LEDGER = "reproduce.json"
@@ -133,29 +138,35 @@ class Row:
     train: RunConfig
     tests: tuple[RowTest, ...]
     differences: tuple[str, ...]
-    path: Path
+    path: Path | Traversable
+    """The row file: a path given by the user, or a file of :data:`ROWS_DIR`."""
 
     @property
     def metric(self) -> str:
         """``mse`` on regression data, else ``accuracy``."""
+        from lifelong.data.registry import dataset_info
+
         return "mse" if dataset_info(self.train.dataset).regression else "accuracy"
 
 
 # ------------------------------------------------------------------------------ row files
-def row_names(rows_dir: Path = ROWS_DIR) -> list[str]:
-    """The names of the rows in ``rows_dir``, sorted."""
-    return sorted(p.stem for p in rows_dir.glob("*.yaml"))
+def row_names(rows_dir: Path | Traversable = ROWS_DIR) -> list[str]:
+    """The names of the rows in ``rows_dir`` (default: the package's), sorted."""
+    if not rows_dir.is_dir():
+        return []
+    return sorted(p.name[: -len(".yaml")] for p in rows_dir.iterdir() if p.name.endswith(".yaml"))
 
 
-def load_row(spec: str | Path, rows_dir: Path = ROWS_DIR) -> Row:
-    """The row named ``spec`` (a file of ``rows_dir``), or the row file at path ``spec``.
+def load_row(spec: str | Path, rows_dir: Path | Traversable = ROWS_DIR) -> Row:
+    """The row named ``spec`` (a file of ``rows_dir``, default the package's rows), or the
+    row file at path ``spec`` (``.yaml`` or ``.yml``).
 
     Raises:
         ConfigError: an unknown row (the message lists the rows), or a row file that is not
             valid (the message names the file and the offending key).
     """
-    path = Path(spec)
-    if path.suffix not in (".yaml", ".yml"):
+    path: Path | Traversable = Path(spec)
+    if Path(spec).suffix not in (".yaml", ".yml"):
         path = rows_dir / f"{spec}.yaml"
     if not path.is_file():
         names = row_names(rows_dir)
@@ -218,6 +229,8 @@ def _mapping(
 
 
 def _test(values: Any, where: str, train_config: RunConfig) -> RowTest:
+    from lifelong.pipeline.data import episode_count
+
     values = _mapping(values, where, TEST_KEYS, required=("name", "shots", "queries", "episodes"))
     paper = _mapping(values.get("paper"), f"{where}: paper", PAPER_KEYS, required=("status",))
     status = paper["status"]
@@ -295,6 +308,28 @@ def _write_ledger(run_dir: Path, ledger: dict[str, Any]) -> None:
     atomic_write(run_dir / LEDGER, (json.dumps(ledger, indent=1) + "\n").encode())
 
 
+def _has_checkpoint(run_dir: Path, tag: str) -> bool:
+    """:func:`lifelong.pipeline.checkpoint.has_checkpoint`, without importing torch."""
+    return (run_dir / f"{tag}.json").is_file()
+
+
+def checkpoint_step(run_dir: Path, tag: str = "last") -> int:
+    """The iteration checkpoint ``tag`` of ``run_dir`` was saved at, read from its JSON index
+    alone: its tensors are not loaded (:func:`lifelong.pipeline.checkpoint.load_checkpoint`
+    loads and checks them when the run is resumed or tested).
+
+    Raises:
+        CheckpointError: no such checkpoint, or an index without a step.
+    """
+    from lifelong.pipeline.checkpoint import CheckpointError
+
+    index = run_dir / f"{tag}.json"
+    try:
+        return int(json.loads(index.read_text())["state"]["step"])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"checkpoint {str(index)!r} is unreadable: {err!r}") from err
+
+
 @dataclass(frozen=True)
 class Training:
     """How the training of a reproduction went: the run folder, the last iteration, the
@@ -319,8 +354,11 @@ def train_row(
     """Train ``row`` into ``run_dir`` for at most ``time_limit`` minutes in all: a folder that
     holds a checkpoint is resumed, with the time of its earlier sessions deducted (nothing is
     trained when the budget is spent)."""
+    from lifelong.pipeline.data import load_data
+    from lifelong.pipeline.train import train
+
     cfg = row.train.override(out=str(run_dir), device=device, data_root=data_root)
-    resume = has_checkpoint(run_dir, "last")
+    resume = _has_checkpoint(run_dir, "last")
     ledger = _read_ledger(run_dir) if resume else {"sessions": []}
     died = [s for s in ledger["sessions"] if s.get("seconds") is None]
     for session in died:  # killed before it could record its end: count it once, now
@@ -331,9 +369,8 @@ def train_row(
     remaining = time_limit * 60 - spent
     if remaining > 0:
         load_data(cfg)  # missing data fails here, before the run folder is touched
-        state = load_checkpoint(run_dir, "last") if resume else None
         session = {"started": time.time(), "seconds": None, "time_limit_minutes": time_limit}
-        session["start_step"] = 0 if state is None else int(state["step"])
+        session["start_step"] = checkpoint_step(run_dir, "last") if resume else 0
         ledger["row"] = row.name
         ledger["sessions"].append(session)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -344,7 +381,7 @@ def train_row(
         finally:
             session["seconds"] = time.monotonic() - start
             _write_ledger(run_dir, ledger)
-    step = int(load_checkpoint(run_dir, "last")["step"])
+    step = checkpoint_step(run_dir, "last")
     seconds, counted = training_time(run_dir)
     return Training(run_dir, step, seconds, counted, step < cfg.iterations)
 
@@ -366,6 +403,8 @@ def verdict(ours: float, ours_ci: float | None, paper: PaperValue, metric: str) 
 def machine(device: torch.device) -> dict[str, Any]:
     """The machine of a result: CPU model and the cores this process may use, torch's
     threads, and the GPU's name when the device is one."""
+    import torch
+
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
@@ -378,17 +417,29 @@ def machine(device: torch.device) -> dict[str, Any]:
     return info
 
 
+def source_checkout() -> Path | None:
+    """The git checkout this package is imported from (``lifelong/`` of its work tree), or
+    ``None``: an installed package (in site-packages, even of a virtualenv inside some other
+    checkout) has no commit of its own."""
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / ".git").exists() and (root / "pyproject.toml").is_file() else None
+
+
 def git_commit() -> tuple[str | None, bool | None]:
-    """The checkout's commit and whether tracked files differ from it (``None``: no git)."""
+    """The source checkout's commit and whether tracked files differ from it (``None``: not
+    a git checkout, or no git)."""
+    root = source_checkout()
+    if root is None:
+        return None, None
     try:
         head = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "HEAD"],
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
             capture_output=True,
             text=True,
             check=True,
         ).stdout.strip()
         status = subprocess.run(
-            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
             capture_output=True,
             text=True,
             check=True,
@@ -399,8 +450,10 @@ def git_commit() -> tuple[str | None, bool | None]:
 
 
 def config_differences(row: Row, run_dir: Path) -> dict[str, list[Any]]:
-    """Options (other than :data:`lifelong.pipeline.train.RESUMABLE`) in which the run's saved config
-    differs from the row's: ``{option: [row's value, run's value]}``."""
+    """Options (other than :data:`lifelong.pipeline.train.RESUMABLE`) in which the run's saved
+    config differs from the row's: ``{option: [row's value, run's value]}``."""
+    from lifelong.pipeline.train import RESUMABLE
+
     saved = RunConfig.from_yaml(run_dir / "config.yaml")
     return {
         f.name: [getattr(row.train, f.name), getattr(saved, f.name)]
@@ -438,9 +491,16 @@ def reproduce(
 ) -> dict[str, Any]:
     """Train ``row`` (into ``out``, default ``runs/reproduce/ROW``, for ``time_limit`` minutes in
     all, default the row's budget), or take the trained run folder ``run`` as it is; test it on
-    every test setting of the row; append the record to ``results`` (``None``: nowhere) and
+    every test setting of the row; append the record to ``results`` (default
+    ``benchmarks/results/reproduce.jsonl`` under the working directory; ``None``: nowhere) and
     return it. ``data_root`` is ignored by generated datasets (strokes, sinusoids), so that one
-    command line serves every row."""
+    command line serves every row. The run's checkpoint is loaded once, for all the tests."""
+    import torch
+
+    from lifelong.data.registry import DATASETS
+    from lifelong.pipeline.device import resolve_device
+    from lifelong.pipeline.trained import load_trained
+
     if not DATASETS[row.train.dataset].takes_root:
         data_root = None
     if run is not None:
@@ -454,7 +514,9 @@ def reproduce(
         budget = time_limit or row.budget_minutes
         training = train_row(row, out or RUNS / row.name, budget, device, data_root, progress)
         drift = {}
-    tests = [_test_run(setting, training.run_dir, device, data_root) for setting in row.tests]
+    tested = load_trained(training.run_dir)  # the best checkpoint (else the last), once
+    used = resolve_device(device or tested.config.device)
+    tests = [_test_run(setting, tested, used, data_root) for setting in row.tests]
     notes = [
         f"the run differs from the row in {k}: row {a!r}, run {b!r}" for k, (a, b) in drift.items()
     ]
@@ -464,8 +526,6 @@ def reproduce(
             f"of {row.train.iterations}"
         )
     commit, dirty = git_commit()
-    tested = load_trained(training.run_dir)  # the checkpoint the tests used
-    used = resolve_device(device or tested.config.device)
     record = {
         "row": row.name,
         "title": row.title,
@@ -501,10 +561,10 @@ def reproduce(
 
 def _trained(run: Path) -> tuple[Training, float | None]:
     """How an existing run folder was trained, and its time limit (minutes; ``None``: none)."""
-    if not has_checkpoint(run, "last"):
+    if not _has_checkpoint(run, "last"):
         raise ConfigError(f"{str(run)!r} is not a trained run folder (no last checkpoint)")
     saved = RunConfig.from_yaml(run / "config.yaml")
-    step = int(load_checkpoint(run, "last")["step"])
+    step = checkpoint_step(run, "last")
     seconds, counted = training_time(run)
     sessions = _read_ledger(run)["sessions"]
     budget = sessions[-1].get("time_limit_minutes") if sessions else saved.time_limit
@@ -512,20 +572,41 @@ def _trained(run: Path) -> tuple[Training, float | None]:
 
 
 def _test_run(
-    setting: RowTest, run_dir: Path, device: str | None, data_root: str | None
+    setting: RowTest, tested: Trained, device: torch.device, data_root: str | None
 ) -> dict[str, Any]:
-    result: Evaluation = evaluate_run(
-        run_dir,
-        "test",
-        setting.ways,
-        setting.shots,
-        setting.queries,
-        setting.episodes,
-        setting.inner_steps,
-        seed=0,
+    """Test the loaded run on ``setting``'s fixed episodes (seed 0: every run of the row sees
+    the same tasks), as :func:`lifelong.pipeline.evaluate.evaluate_run` tests a run folder:
+    the algorithm is rebuilt for the test's settings (test ways and adaptation steps) from the
+    weights in memory, and the memory a batch of episodes needs is checked first."""
+    from lifelong.algorithms.embedding import eval_mode
+    from lifelong.pipeline.data import episode_count, load_data
+    from lifelong.pipeline.evaluate import EVAL_BATCH, evaluate
+    from lifelong.pipeline.factory import build_algorithm
+    from lifelong.pipeline.memory import check_fits
+
+    cfg = tested.config.override(
+        test_ways=setting.ways,
+        test_shots=setting.shots,
+        test_queries=setting.queries,
+        eval_inner_steps=setting.inner_steps,
         data_root=data_root,
-        device=device,
     )
+    algorithm = build_algorithm(cfg, tested.facts)
+    algorithm.load_state_dict(tested.algorithm.state_dict())
+    algorithm = algorithm.eval().to(device)
+    data = load_data(cfg)  # the last dataset loaded stays in memory: loaded once per row
+    tested.check_data(data.facts)
+    n = setting.episodes or episode_count(cfg)
+    fixed = data.sampler("test", seed=0).fixed(n, seed=0)
+
+    def probe(size: int) -> None:
+        with eval_mode(algorithm):
+            algorithm.evaluate(next(iter(fixed.batches(size))).to(device))
+
+    batch_size = min(EVAL_BATCH, n)
+    options = f"the episode shape (`test_ways` {cfg.episode_shape('test')[0]}, `test_queries`)"
+    check_fits(probe, batch_size, device, f"a batch of {batch_size} test episodes", options)
+    result = evaluate(algorithm, fixed, device, split="test", batch_size=batch_size)
     paper = setting.paper
     return {
         "name": setting.name,
@@ -568,7 +649,8 @@ def reproduce_command(
         typer.Option(help="Dataset folder (default: the cache's); generated data ignores it."),
     ] = None,
     results: Annotated[
-        Path, typer.Option(help="JSON-lines file the result is appended to.")
+        Path,
+        typer.Option(help="JSON-lines file the result is appended to (relative: to the cwd)."),
     ] = RESULTS,
     run: Annotated[
         Path | None,

@@ -12,11 +12,11 @@ from PIL import Image, ImageDraw
 import lifelong
 from lifelong.algorithms.base import Algorithm
 from lifelong.api import Learner, image_folder
+from lifelong.data.images import ImageDecodeError
+from lifelong.pipeline.config import RunConfig
 from lifelong.pipeline.data import DataFacts
 from lifelong.pipeline.factory import build_algorithm
 from lifelong.pipeline.trained import Trained
-from lifelong.pipeline.config import RunConfig
-from lifelong.data.images import ImageDecodeError
 
 
 class NearestMean(Algorithm):

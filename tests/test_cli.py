@@ -14,9 +14,9 @@ from PIL import Image
 
 import lifelong.cli
 import lifelong.demo
-from lifelong.pipeline.checkpoint import load_checkpoint
 from lifelong.cli import main
 from lifelong.data.strokes import load_strokes
+from lifelong.pipeline.checkpoint import load_checkpoint
 
 SMALL = {"train": 20, "val": 8, "test": 8}
 TINY_RUN = [
@@ -137,7 +137,8 @@ def bad_inputs(run_dir, tmp_path, strokes_test):
     (tmp_path / "garbage" / "last.json").write_text("{ not json")
     out = ["--out", tmp_path / "new"]
     return [
-        (["train", "--algorithm", "mamll", *out], 1, "--algorithm: unknown algorithm 'mamll' (did you mean 'maml'?); choose one of maml"),
+        (["train", "--algorithm", "mamll", *out], 1,
+         "--algorithm: unknown algorithm 'mamll' (did you mean 'maml'?); choose one of maml"),
         (["train", "-a", "protonet", "-d", "sinusoid", *out], 1, "protonet solves classification"),
         (["train", "-a", "maml", "-d", "sinusoid", *out], 1, "backbone conv4 needs images"),
         (["train", "-a", "protonet", "-d", "nosuchdata", *out], 1, "unknown dataset 'nosuchdata'"),

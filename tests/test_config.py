@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lifelong.pipeline.data import DataFacts, episode_count
-
-from lifelong.pipeline.factory import build_algorithm
 from lifelong.pipeline.config import ConfigError, RunConfig
+from lifelong.pipeline.data import DataFacts, episode_count
+from lifelong.pipeline.factory import build_algorithm
 
 
 def test_yaml_round_trip(tmp_path):

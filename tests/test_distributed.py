@@ -28,12 +28,10 @@ import torch.distributed as dist
 from test_train import FACTS, TRAIN, VAL, TinyProto
 from torch import nn
 
-from lifelong.pipeline.device import resolve_device
-
-from lifelong.pipeline.factory import build_algorithm
+from lifelong.data.episodes import EpisodeBatch, EpisodeSampler
 from lifelong.pipeline.checkpoint import load_checkpoint
 from lifelong.pipeline.config import ConfigError, RunConfig
-from lifelong.data.episodes import EpisodeBatch, EpisodeSampler
+from lifelong.pipeline.device import resolve_device
 from lifelong.pipeline.distributed import (
     GlobalBatchNorm,
     World,
@@ -43,6 +41,7 @@ from lifelong.pipeline.distributed import (
     rank_seed,
     sync_batch_norm,
 )
+from lifelong.pipeline.factory import build_algorithm
 from lifelong.pipeline.train import Trainer, seed_everything
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,6 +117,10 @@ class Union:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {f"generator{i}": s.generator.get_state() for i, s in enumerate(self.samplers)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for i, s in enumerate(self.samplers):
+            s.generator.set_state(state[f"generator{i}"])
 
 
 def zero_grad(parameter: torch.Tensor) -> None:
@@ -462,7 +465,7 @@ def test_rank_seeds_differ_and_rank_zero_keeps_the_seed():
 def test_devices_are_checked():
     assert RunConfig(device="cuda:3").device == "cuda:3"
     for bad in ("gpu", "cuda:x", "cuda:-1"):
-        with pytest.raises(ConfigError, match="device must be one of auto, cpu, cuda or cuda:"):
+        with pytest.raises(ConfigError, match="`device` must be one of auto, cpu, cuda or cuda:"):
             RunConfig(device=bad)
     assert resolve_device("cpu", local_rank=1) == torch.device("cpu")
     if not torch.cuda.is_available():

@@ -29,7 +29,7 @@ class NearestMean(Algorithm):
 class AlwaysFirst(Algorithm):
     """Predicts class 0 for every query: accuracy 1/ways on balanced queries."""
 
-    inner_steps = 3
+    test_steps = 3
 
     def meta_loss(self, batch):
         return MetaLoss(torch.zeros(()), torch.zeros(()))

@@ -1,7 +1,9 @@
 """`lifelong reproduce`: every row file is valid and builds its model; tiny strokes and sinusoid
 rows train, test and append a well-formed JSON line (and resume, within their budget); --run
-tests an existing run; the table script renders results and rows not run; one-line errors for
-an unknown row, a bad row file and missing miniImageNet data."""
+tests an existing run, loading its checkpoint once; results go under the working directory by
+default; the rows are package data and the commit is ``None`` outside a checkout; the table
+script renders results and rows not run; one-line errors for an unknown row, a bad row file and
+missing miniImageNet data."""
 
 from __future__ import annotations
 
@@ -15,15 +17,18 @@ from typing import Any
 import pytest
 import yaml
 
-from lifelong.pipeline.data import DataFacts
-
-from lifelong.pipeline.factory import build_algorithm
+import lifelong
+import lifelong.reproduce as reproduce_module
 from lifelong.cli import main
 from lifelong.pipeline.config import ConfigError
+from lifelong.pipeline.data import DataFacts
+from lifelong.pipeline.factory import build_algorithm
 from lifelong.reproduce import (
     LEDGER,
+    RESULTS,
     ROWS_DIR,
     PaperValue,
+    git_commit,
     load_row,
     reproduce,
     row_names,
@@ -108,6 +113,18 @@ def test_every_row_file_is_valid_and_builds_its_model() -> None:
                 assert 0 < paper.value < 5 and test.inner_steps in (1, 5, 10)
             else:
                 assert 0.4 < paper.value <= 1 and (paper.ci95 is None or paper.ci95 < 0.02)
+
+
+def test_the_rows_are_package_data_and_the_commit_needs_a_checkout(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert Path(str(ROWS_DIR)) == Path(lifelong.__file__).parent / "reproduce_rows"
+    assert all((ROWS_DIR / f"{name}.yaml").is_file() for name in row_names())
+    commit, _ = git_commit()  # this checkout (when git is installed)
+    assert commit is None or len(commit) == 40
+    installed = tmp_path / "site-packages" / "lifelong" / "reproduce.py"
+    monkeypatch.setattr(reproduce_module, "__file__", str(installed))
+    assert git_commit() == (None, None)
 
 
 def test_the_paper_settings_are_kept() -> None:
@@ -248,6 +265,27 @@ def test_run_tests_an_existing_run_folder(
     assert not (run / LEDGER).exists()  # nothing trained, nothing written in the run
     code, _, err = cli(capsys, "reproduce", row_file(tmp_path), "--run", run, "--time-limit", "1")
     assert code == 1 and "--run tests a trained run folder" in err
+
+
+def test_a_run_is_loaded_once_and_results_go_under_the_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lifelong.pipeline.trained as trained_module
+
+    path, out = row_file(tmp_path), tmp_path / "run"
+    reproduce(load_row(path), out, results=None, progress=False)
+    loads: list[Any] = []
+    load = trained_module.load_checkpoint
+    monkeypatch.setattr(
+        trained_module, "load_checkpoint", lambda *a, **k: loads.append(a) or load(*a, **k)
+    )
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    record = reproduce(load_row(path), run=out, progress=False)
+    assert len(loads) == 1 and len(record["results"]) == 2  # one load for the two tests
+    assert not RESULTS.is_absolute()
+    [saved] = jsonl(tmp_path / "cwd" / "benchmarks" / "results" / "reproduce.jsonl")
+    assert saved["results"] == record["results"]
 
 
 def test_the_sinusoid_baseline_row_trains_without_adaptation(tmp_path: Path) -> None:

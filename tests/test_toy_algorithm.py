@@ -47,7 +47,7 @@ class ToyMeans(Algorithm):
     def _logits(self, sx: Tensor, sy: Tensor, qx: Tensor, ways: int) -> Tensor:
         onehot = F.one_hot(sy, ways).float()
         means = onehot.T @ self.embed(sx) / onehot.sum(0).unsqueeze(1)
-        return -torch.cdist(self.embed(qx), means) ** 2
+        return -(torch.cdist(self.embed(qx), means) ** 2)
 
     def meta_loss(self, batch: Any) -> MetaLoss:
         losses, hits = [], []
@@ -79,9 +79,7 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str
     return exit_.value.code, out.out, out.err
 
 
-def test_a_registered_algorithm_trains_evaluates_predicts_and_backs_a_store(
-    toy, tmp_path, capsys
-):
+def test_a_registered_algorithm_trains_evaluates_predicts_and_backs_a_store(toy, tmp_path, capsys):
     run = tmp_path / "run"
     code, out, err = cli(
         capsys, "train", "--algorithm", "toy-means", "--dataset", "strokes",

@@ -14,13 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from lifelong.algorithms.base import Algorithm, MetaLoss
-from lifelong.pipeline.data import DataFacts, _load_splits
-from lifelong.pipeline.checkpoint import load_checkpoint
 from lifelong.algorithms.registry import algorithm_names
-from lifelong.pipeline.config import ConfigError, RunConfig
 from lifelong.data.classes import ClassDataset, ClassInfo
 from lifelong.data.episodes import EpisodeSampler
 from lifelong.data.registry import load_dataset
+from lifelong.pipeline.checkpoint import load_checkpoint
+from lifelong.pipeline.config import ConfigError, RunConfig
+from lifelong.pipeline.data import DataFacts, _load_splits
 from lifelong.pipeline.evaluate import evaluate_run
 from lifelong.pipeline.train import (
     ProgressBar,
@@ -128,7 +128,8 @@ def test_resume_after_a_kill_reaches_exactly_the_uninterrupted_parameters(tmp_pa
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path):
-    trainer = make_trainer(tmp_path, 10, algorithm=TinyProto(poison_at=6))
+    # the memory guard's probes (1 and 2 episodes) are its first two meta-loss calls
+    trainer = make_trainer(tmp_path, 10, algorithm=TinyProto(poison_at=6 + 2))
     with pytest.raises(TrainingDiverged, match=r"iteration 6: meta-loss is nan.*iteration 4\)"):
         trainer.fit()
     state = load_checkpoint(tmp_path, "last")
@@ -269,8 +270,14 @@ def test_training_on_trainval_samples_its_classes_and_skips_validation(tmp_path,
 
 def test_options_of_other_algorithms_are_refused(tmp_path):
     for options, message in [
-        ({"algorithm": "protonet", "per_step_lr": True}, "`per_step_lr` is an option of maml, fomaml, anil, metasgd, not of protonet"),
-        ({"algorithm": "maml", "precision": "bfloat16"}, "`precision` is an option of protonet, finetune, not of maml"),
+        (
+            {"algorithm": "protonet", "per_step_lr": True},
+            "`per_step_lr` is an option of maml, fomaml, anil, metasgd, not of protonet",
+        ),
+        (
+            {"algorithm": "maml", "precision": "bfloat16"},
+            "`precision` is an option of protonet, finetune, not of maml",
+        ),
         ({"algorithm": "protonet", "train_split": "trainval"}, "has no such split"),
     ]:
         cfg = RunConfig(**{**STROKES, **options}, iterations=1, out=str(tmp_path))

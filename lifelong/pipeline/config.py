@@ -124,7 +124,7 @@ class RunConfig:
     class_split: str | None = option(None, "Omniglot class split: vinyals or lake.")
     rotations: bool | None = option(None, "Rotations of each class as extra classes.")
     image_size: int | None = option(None, "Image height = width in pixels.", bound="positive")
-    dataset_options: dict[str, Any] | None = option(  # noqa: RUF009 (a field(), immutable default)
+    dataset_options: dict[str, Any] | None = option(
         None, "Loader option KEY=VALUE, repeatable (strokes: classes=200)."
     )
     train_split: str = option(

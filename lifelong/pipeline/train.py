@@ -47,6 +47,7 @@ from tqdm import tqdm
 
 from lifelong import __version__
 from lifelong.algorithms.base import Algorithm
+from lifelong.algorithms.registry import algorithm_class
 from lifelong.data.episodes import TaskSampler
 from lifelong.files import atomic_write
 from lifelong.pipeline.allocator import keep_freed_memory
@@ -212,8 +213,9 @@ class Trainer:
         progress: bool = True,
     ) -> None:
         self.world = World.current()
+        config = resolve_config(config)
         self.batch_size = self.world.share(config.meta_batch)
-        if self.world.size > 1 and not type(algorithm).splittable:
+        if self.world.size > 1 and not algorithm_class(config.algorithm).splittable:
             raise ConfigError(
                 f"{config.algorithm} meta-trains on whole meta-batches: run it in one process, "
                 f"not {self.world.size}"
@@ -339,8 +341,7 @@ class Trainer:
         cfg = self.config
 
         def probe(episodes: int) -> None:
-            batch = self.sampler.sample(episodes).to(self.device)
-            self.algorithm.meta_loss(batch).loss.backward()
+            self.algorithm.meta_loss(batch[:episodes]).loss.backward()
 
         size = (self.facts.image_shape or (0, 0, 0))[-1]
         options = (
@@ -348,6 +349,7 @@ class Trainer:
             + (f" or `image_size` ({size})" if size else "")
         )
         with Restored(self.algorithm, self.sampler):
+            batch = self.sampler.sample(self.batch_size).to(self.device)
             return check_fits(
                 probe,
                 self.batch_size,
@@ -520,6 +522,7 @@ def _saved_state(run_dir: Path, config: RunConfig, resume: bool) -> dict[str, An
         return state
     if has_checkpoint(run_dir, "last"):
         raise ConfigError(
-            f"{str(run_dir)!r} already holds a run: resume it (--resume), or choose another `out`"
+            f"{str(run_dir)!r} already holds a run: pass --resume to continue it, "
+            "or choose another `out`"
         )
     return None
