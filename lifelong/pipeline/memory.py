@@ -72,35 +72,45 @@ def free_memory(device: torch.device) -> int | None:
     return free
 
 
-def peak_of(run: Callable[[], None], device: torch.device) -> int | None:
-    """Peak bytes in use while ``run()`` runs, above what was in use before (``None``: this
-    platform cannot tell)."""
+def in_use(device: torch.device) -> int | None:
+    """Bytes in use now: the resident set on the CPU, the allocator's tensors on CUDA."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-        before = torch.cuda.memory_allocated(device)
+        return torch.cuda.memory_allocated(device)
+    return _status("VmRSS") if device.type == "cpu" else None
+
+
+def peak_of(run: Callable[[], None], device: torch.device, baseline: int) -> int | None:
+    """Peak bytes in use while ``run()`` runs, above ``baseline`` (``None``: this platform
+    cannot tell)."""
+    if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         run()
         torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - before
-    before = _status("VmRSS")
-    if device.type != "cpu" or before is None or not _reset_peak():
+        return torch.cuda.max_memory_allocated(device) - baseline
+    if not _reset_peak():
         return None
     run()
     peak = _status("VmHWM")
-    return None if peak is None else max(peak - before, 0)
+    return None if peak is None else max(peak - baseline, 0)
 
 
 def estimate(
     probe: Callable[[int], None], episodes: int, device: torch.device, scalable: bool = True
 ) -> int | None:
-    """Peak bytes of ``probe(episodes)``, from ``probe(1)`` and ``probe(2)`` (module doc); not
-    ``scalable`` (a batch that is one whole, as OML's): measured on ``probe(episodes)``."""
+    """Peak bytes of ``probe(episodes)`` above what is in use now, from ``probe(1)`` and
+    ``probe(2)`` (module doc), both measured from the same baseline (memory that the first
+    probe freed and the process kept is reused by the second); not ``scalable`` (a batch that
+    is one whole, as OML's): measured on ``probe(episodes)``."""
+    baseline = in_use(device)
+    if baseline is None:
+        return None
     if not scalable:
-        return peak_of(lambda: probe(episodes), device)
-    one = peak_of(lambda: probe(1), device)
+        return peak_of(lambda: probe(episodes), device, baseline)
+    one = peak_of(lambda: probe(1), device, baseline)
     if one is None or episodes == 1:
         return one
-    two = peak_of(lambda: probe(2), device)
+    two = peak_of(lambda: probe(2), device, baseline)
     if two is None:
         return None
     return one + (episodes - 1) * max(two - one, 0)

@@ -1,0 +1,48 @@
+"""The memory guard: a step that would not fit stops the run before it starts, with one line
+that gives the figure and the options that lower it; the probes leave no trace."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lifelong.pipeline.memory as memory
+from lifelong.pipeline.checkpoint import load_checkpoint
+from lifelong.pipeline.config import ConfigError, RunConfig
+from lifelong.pipeline.train import Trainer, train
+
+TINY = dict(
+    algorithm="protonet", dataset="strokes", ways=3, shots=1, queries=2, meta_batch=4,
+    hidden=(8,), dataset_options={"classes": {"train": 10, "val": 4, "test": 4}, "per_class": 4},
+    iterations=2, val_every=2, val_episodes=2,
+)  # fmt: skip
+
+
+def test_a_step_that_does_not_fit_stops_before_training(tmp_path, monkeypatch):
+    monkeypatch.setattr(memory, "free_memory", lambda device: 1000)  # 1 kB free
+    with pytest.raises(ConfigError, match=r"one training step needs about .* GB \(4 episodes\)"
+                       r".*free on cpu: lower `meta_batch` \(4\), `ways` \(3\), `queries` \(2\)"
+                       r" or `image_size` \(28\)"):  # fmt: skip
+        train(RunConfig(**TINY, out=str(tmp_path)), progress=False)
+    assert not (tmp_path / "last.json").exists()
+
+
+def test_the_estimate_grows_with_the_batch(monkeypatch):
+    sizes, kept = [], []
+
+    def probe(n: int) -> None:
+        sizes.append(n)
+        x = torch.ones(n * 4_000_000)  # 16 MB an episode
+        kept.append(x.sum())
+
+    need = memory.estimate(probe, 8, torch.device("cpu"))
+    assert sizes == [1, 2] and need is not None and need > 8 * 16e6 * 0.9
+
+
+def test_the_probes_leave_no_trace(tmp_path, monkeypatch):
+    guarded = train(RunConfig(**TINY, out=str(tmp_path / "a")), progress=False)
+    monkeypatch.setattr(Trainer, "check_memory", lambda self: None)
+    plain = train(RunConfig(**TINY, out=str(tmp_path / "b")), progress=False)
+    a, b = (load_checkpoint(tmp_path / name, "last") for name in "ab")
+    assert guarded.best_metric == plain.best_metric
+    assert all(torch.equal(a["algorithm"][k], b["algorithm"][k]) for k in a["algorithm"])
