@@ -264,6 +264,11 @@ def test_training_on_trainval_samples_its_classes_and_skips_validation(tmp_path,
         state = load_checkpoint(tmp_path, "last")
         assert state["algorithm"]["classifier.weight"].shape[0] == 20  # every trainval class
         assert evaluate_run(tmp_path, episodes=2).episodes == 2
+        # OML's PLN has one output per trainval class too (it failed at its first step)
+        oml = cfg.override(algorithm="oml", meta_batch=2, out=str(tmp_path / "oml"))
+        assert train(oml, progress=False).step == 2
+        state = load_checkpoint(tmp_path / "oml", "last")
+        assert state["algorithm"]["prediction.head.weight"].shape[0] == 20
     finally:
         _load_splits.cache_clear()
 

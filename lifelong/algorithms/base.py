@@ -52,6 +52,23 @@ class MetaLoss:
     metric: Tensor
 
 
+def global_labels(batch: EpisodeBatch, outputs: int, who: str) -> tuple[Tensor, Tensor]:
+    """The dataset class ids ``classes[b, y]`` of a batch's support and query labels, for a
+    learner with one output per class of the training split (``outputs``); a batch without
+    class ids, or with ids outside ``0..outputs-1``, is a ``ValueError`` naming ``who``."""
+    if batch.classes is None:
+        raise ValueError(f"{who} learns global class ids, but the batch has no `classes`")
+    low, high = int(batch.classes.min()), int(batch.classes.max())
+    if low < 0 or high >= outputs:
+        raise ValueError(
+            f"class id {high if high >= outputs else low} outside {who}'s {outputs} outputs "
+            "(0..{}): build it with one output per class of the meta-training split".format(
+                outputs - 1
+            )
+        )
+    return batch.classes.gather(1, batch.support_y), batch.classes.gather(1, batch.query_y)
+
+
 class ModelFactory(Protocol):
     """``models(out_features)``: the run's backbone for its data,
     ending in a linear head of ``out_features`` outputs (``None``: an embedding network);

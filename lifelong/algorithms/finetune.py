@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lifelong.algorithms.base import Algorithm, MetaLoss, ModelFactory, Predictor
+from lifelong.algorithms.base import Algorithm, MetaLoss, ModelFactory, Predictor, global_labels
 from lifelong.algorithms.embedding import embed, embed_batch, eval_mode
 from lifelong.algorithms.precision import Precision, check_precision
 from lifelong.data.episodes import EpisodeBatch
@@ -170,21 +170,9 @@ class FineTune(Algorithm):
     def head_input(self, z: Tensor) -> Tensor:
         return F.normalize(z, dim=-1) if self.normalize else z
 
-    def global_labels(self, batch: EpisodeBatch) -> tuple[Tensor, Tensor]:
-        """Dataset class ids ``classes[b, y]`` of the support and query labels."""
-        if batch.classes is None:
-            raise ValueError("FineTune pre-trains on class ids, but the batch has no `classes`")
-        top = int(batch.classes.max())
-        if top >= self.classifier.out_features or int(batch.classes.min()) < 0:
-            raise ValueError(
-                f"class id {top} outside 0..{self.classifier.out_features - 1}: pre-train "
-                f"FineTune(num_classes={self.classifier.out_features}) on the meta-train split"
-            )
-        return batch.classes.gather(1, batch.support_y), batch.classes.gather(1, batch.query_y)
-
     def meta_loss(self, batch: EpisodeBatch) -> MetaLoss:
         """Cross-entropy of the global classifier on all images of the batch."""
-        support_y, query_y = self.global_labels(batch)
+        support_y, query_y = global_labels(batch, self.classifier.out_features, "FineTune")
         support, query = embed_batch(self.encoder, batch, self.channels_last, self.precision)
         logits = self.classifier(torch.cat((support.flatten(0, 1), query.flatten(0, 1))))
         targets = torch.cat((support_y.flatten(), query_y.flatten()))

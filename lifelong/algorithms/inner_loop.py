@@ -316,6 +316,19 @@ class InnerLoopLearner(Algorithm):
             )
         return Adaptation(trajectory, predict, features)
 
+    def adapt_tasks(
+        self, batch: EpisodeBatch, task: int | slice, steps: int, create_graph: bool, detach: bool
+    ) -> Adaptation:
+        """:meth:`adaptation` on the support sets of ``batch[task]`` (one task or a group)."""
+        return self.adaptation(
+            batch.support_x[task],
+            batch.support_y[task],
+            batch.ways,
+            steps,
+            create_graph=create_graph,
+            detach=detach,
+        )
+
     # ------------------------------------------------------------------ meta-testing
     def adapt(self, support_x: Tensor, support_y: Tensor, ways: int) -> Predictor:
         """``eval_inner_steps`` steps on one task's support set; the predictor maps query
@@ -346,14 +359,7 @@ class InnerLoopLearner(Algorithm):
     def serial_evaluate(self, batch: EpisodeBatch) -> Tensor:
         results = []
         for task in self.task_groups(batch):
-            adapted = self.adaptation(
-                batch.support_x[task],
-                batch.support_y[task],
-                batch.ways,
-                self.eval_inner_steps,
-                create_graph=False,
-                detach=True,
-            )
+            adapted = self.adapt_tasks(batch, task, self.eval_inner_steps, False, detach=True)
             with torch.no_grad():
                 out = adapted.outputs(batch.query_x[task])
                 results.append(self.task_metrics(out, batch.query_y[task], batch.ways).reshape(-1))

@@ -126,14 +126,14 @@ class MAML(InnerLoopLearner):
             )
         super().__init__(
             model,
-            inner_lr,
-            inner_steps,
-            eval_inner_steps,
-            adapt,
-            regression,
-            fast,
-            task_chunk,
-            workers,
+            inner_lr=inner_lr,
+            inner_steps=inner_steps,
+            eval_inner_steps=eval_inner_steps,
+            adapt=adapt,
+            regression=regression,
+            fast=fast,
+            task_chunk=task_chunk,
+            workers=workers,
         )
         self.first_order = first_order
         self.meta_sgd, self.per_step_lr = meta_sgd, per_step_lr
@@ -163,14 +163,7 @@ class MAML(InnerLoopLearner):
         """Query loss at the adapted parameters (with ``multi_step_loss``: weighted over the
         inner steps) and query accuracy (or MSE) after the last step, summed over the tasks."""
         steps = self.inner_steps
-        adapted = self.adaptation(
-            batch.support_x[task],
-            batch.support_y[task],
-            batch.ways,
-            steps,
-            create_graph=not self.first_order,
-            detach=False,
-        )
+        adapted = self.adapt_tasks(batch, task, steps, not self.first_order, detach=False)
         query_y = batch.query_y[task]
         features = adapted.features(batch.query_x[task])
         loss = 0.0

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from lifelong.algorithms.base import Algorithm, MetaLoss, ModelFactory, Predictor
+from lifelong.algorithms.base import Algorithm, MetaLoss, ModelFactory, Predictor, global_labels
 from lifelong.algorithms.embedding import embed, embed_batch, eval_mode
 from lifelong.algorithms.functional import ModuleForward, Params
 from lifelong.algorithms.inner_loop import inner_loop
@@ -226,21 +226,12 @@ class OML(Algorithm):
         """The OML objective on a meta-batch of trajectories (see the module doc)."""
         if self.regression:
             return self._sine_meta_loss(batch)
-        if batch.classes is None:
-            raise ValueError("OML learns global class ids, but the batch has no `classes`")
+        support_y, query_y = global_labels(batch, self.prediction.head.out_features, "the PLN")
         if len(batch) < 2 and self.remember:
             raise ValueError(
                 "OML draws its remember set from the other trajectories of the meta-batch: "
                 f"use a meta-batch of at least 2 (got {len(batch)})"
             )
-        top = int(batch.classes.max())
-        if top >= self.prediction.head.out_features:
-            raise ValueError(
-                f"class id {top} outside the PLN's {self.prediction.head.out_features} outputs: "
-                "build OML with num_classes = the classes of the meta-training split"
-            )
-        support_y = batch.classes.gather(1, batch.support_y)
-        query_y = batch.classes.gather(1, batch.query_y)
         support, query = embed_batch(self.representation, batch, self.channels_last)
         params = dict(self.prediction.named_parameters())
         B = len(batch)

@@ -66,27 +66,19 @@ class Reptile(InnerLoopLearner):
     ) -> None:
         super().__init__(
             model,
-            inner_lr,
-            inner_steps,
-            eval_inner_steps,
-            "all",
-            regression,
-            fast,
-            task_chunk,
-            workers,
+            inner_lr=inner_lr,
+            inner_steps=inner_steps,
+            eval_inner_steps=eval_inner_steps,
+            regression=regression,
+            fast=fast,
+            task_chunk=task_chunk,
+            workers=workers,
         )
 
     def group_loss(self, batch: EpisodeBatch, task: int | slice) -> tuple[Tensor, Tensor]:
         """Sums over the tasks of the query loss after adaptation (the value) plus a term of
         value zero and gradient ``theta - theta'_i``; and of the query accuracy (or MSE)."""
-        adapted = self.adaptation(
-            batch.support_x[task],
-            batch.support_y[task],
-            batch.ways,
-            self.inner_steps,
-            create_graph=False,
-            detach=True,
-        )
+        adapted = self.adapt_tasks(batch, task, self.inner_steps, False, detach=True)
         final = adapted.trajectory[-1]
         moves = 0.0
         for name, theta in self.model.named_parameters():
