@@ -23,6 +23,9 @@ TINY = dict(
 
 def test_a_step_that_does_not_fit_stops_before_training(tmp_path, monkeypatch):
     monkeypatch.setattr(memory, "free_memory", lambda device: 1000)  # 1 kB free
+    # measured from 0, not from what this process holds (freed pages that earlier tests' runs
+    # kept would serve a tiny step without any new memory)
+    monkeypatch.setattr(memory, "in_use", lambda device: 0)
     with pytest.raises(ConfigError, match=r"one training step needs about .* GB \(4 episodes\)"
                        r".*free on cpu: lower `meta_batch` \(4\), `ways` \(3\), `queries` \(2\)"
                        r" or `image_size` \(28\)"):  # fmt: skip
