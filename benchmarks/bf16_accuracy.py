@@ -28,12 +28,11 @@ from pathlib import Path
 
 import torch
 
-from lifelong.pipeline.data import load_data
-
-from lifelong.pipeline.trained import load_trained
 from lifelong.pipeline.config import RunConfig
+from lifelong.pipeline.data import load_data
 from lifelong.pipeline.evaluate import confidence_interval, episode_metrics
 from lifelong.pipeline.train import train
+from lifelong.pipeline.trained import load_trained
 
 HERE = Path(__file__).resolve().parent
 SETTING = {

@@ -43,13 +43,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from lifelong.pipeline.allocator import keep_freed_memory
-from lifelong.pipeline.data import DataFacts
-from lifelong.pipeline.factory import build_algorithm
-from lifelong.pipeline.config import RunConfig
 from lifelong.data.classes import ClassDataset, ClassInfo
 from lifelong.data.episodes import EpisodeSampler
+from lifelong.pipeline.allocator import keep_freed_memory
+from lifelong.pipeline.config import RunConfig
+from lifelong.pipeline.data import DataFacts
 from lifelong.pipeline.distributed import rank_seed
+from lifelong.pipeline.factory import build_algorithm
 from lifelong.pipeline.train import Trainer, seed_everything
 
 HERE = Path(__file__).resolve().parent

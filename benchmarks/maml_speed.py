@@ -49,9 +49,9 @@ from pathlib import Path
 import torch
 
 from lifelong.algorithms.maml import MAML
-from lifelong.pipeline.allocator import keep_freed_memory
 from lifelong.data.episodes import EpisodeBatch
 from lifelong.models.conv4 import Conv4
+from lifelong.pipeline.allocator import keep_freed_memory
 
 HERE = Path(__file__).resolve().parent
 WAYS, SHOTS, QUERIES, META_BATCH = 5, 1, 15, 32

@@ -17,8 +17,8 @@ import torch
 
 from lifelong.algorithms.maml import MAML
 from lifelong.data.sinusoid import SinusoidSampler
-from lifelong.pipeline.evaluate import evaluate
 from lifelong.models.mlp import MLP
+from lifelong.pipeline.evaluate import evaluate
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--iterations", type=int, default=5000, help="meta-updates")

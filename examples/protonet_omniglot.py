@@ -18,8 +18,8 @@ import torch
 from lifelong.algorithms.protonet import ProtoNet
 from lifelong.data.episodes import EpisodeSampler
 from lifelong.data.registry import load_dataset
-from lifelong.pipeline.evaluate import evaluate
 from lifelong.models.conv4 import Conv4
+from lifelong.pipeline.evaluate import evaluate
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--data-root", help="folder with the Omniglot zips (default: the cache)")
