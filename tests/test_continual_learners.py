@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from lifelong.algorithms.protonet import ProtoNet
+from lifelong.continual.classifiers.mean import NearestMean
 from lifelong.continual.metrics import accuracy_matrix, backward_transfer, forgetting
 from lifelong.continual.online import OnlineSGD
 from lifelong.continual.protocols import run_stream
-from lifelong.continual.prototypes import PrototypeMemory
 from lifelong.continual.registry import LEARNERS, LearnerSettings, make_learner
 from lifelong.continual.replay import ReservoirBuffer
 from lifelong.continual.streams import ClassStream
@@ -41,17 +41,17 @@ def test_running_mean_equals_batch_mean():
     net = protonet()
     x = torch.rand(30, 1, 4, 4)
     y = torch.tensor([0, 2, 1] * 10)
-    one_by_one = PrototypeMemory(net.embed, num_classes=4)
+    one_by_one = NearestMean(net.embed, num_classes=4)
     for i in range(30):
         one_by_one.observe(x[i : i + 1], y[i : i + 1])
-    chunked = PrototypeMemory(net.embed, num_classes=4)
+    chunked = NearestMean(net.embed, num_classes=4)
     chunked.observe(x[:7], y[:7])
     chunked.observe(x[7:], y[7:])
     with torch.no_grad():
         batch = net.prototypes(net.embed(x), y, ways=3)
     for memory in (one_by_one, chunked):
         assert torch.allclose(memory.prototypes[:3].float(), batch, atol=1e-6)
-        assert memory.counts.tolist() == [10, 10, 10, 0]
+        assert memory.stats.counts.tolist() == [10, 10, 10, 0]
     logits = one_by_one.predict(x)
     assert torch.isinf(logits[:, 3]).all()  # an unseen class is never predicted
     assert torch.allclose(logits[:, :3], net.logits(net.embed(x), batch), atol=1e-4)

@@ -211,6 +211,19 @@ def test_stream_command_json(proto_run, tmp_path):
     assert plot.exists()
 
 
+@pytest.mark.parametrize("classifier", ["mean", "cl2n", "slda", "gaussian", "gaussian-predictive"])
+def test_stream_command_takes_every_classifier(proto_run, classifier):
+    out = cli(
+        str(proto_run),
+        *("--protocol", "task-sequence", "--classes", "5", "--seeds", "1", "--split", "val"),
+        *("--classifier", classifier, "--json"),
+    )
+    assert out.exit_code == 0, out.output
+    s = json.loads(out.output)
+    assert s["learner"] == "prototypes" and s["settings"]["classifier"]["name"] == classifier
+    assert 0.0 <= s["accuracy_by_classes"]["5"] <= 1.0
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -231,6 +244,14 @@ def test_stream_command_json(proto_run, tmp_path):
         ),
         (["--protocol", "incremental-sine"], "incremental-sine needs a regression (sinusoid) run"),
         (["--protocol", "atari"], "unknown protocol 'atari'"),
+        (["--classifier", "knn"], "unknown classifier 'knn'"),
+        (
+            [
+                *("--protocol", "task-sequence", "--classes", "5"),
+                *("--classifier", "slda", "--classifier-option", "shrink=2"),
+            ],
+            "classifier 'slda' has no option shrink",
+        ),
         (["--learner", "ewc"], "unknown learner 'ewc'"),
         (["--learner", "oml"], "learner 'oml' was renamed: use --learner online-sgd"),
         (

@@ -19,6 +19,7 @@ from typing import Annotated
 import typer
 
 # the names only (no torch): the learners and protocols are imported when the command runs
+from lifelong.continual.classifiers.registry import DEFAULT_CLASSIFIER, classifier_names
 from lifelong.continual.registry import LEARNERS, PROTOCOLS
 
 
@@ -38,6 +39,14 @@ def stream_command(
     learner: Annotated[
         str, typer.Option(help="; ".join(f"{k}: {v}" for k, v in LEARNERS.items()) + ".")
     ] = "prototypes",
+    classifier: Annotated[
+        str,
+        typer.Option(help="prototypes: the class model, " + ", ".join(classifier_names()) + "."),
+    ] = DEFAULT_CLASSIFIER,
+    classifier_option: Annotated[
+        list[str] | None,
+        typer.Option(help="prototypes: a class model's hyper-parameter, KEY=NUMBER (repeatable)."),
+    ] = None,
     lr: Annotated[
         float | None,
         typer.Option(help="SGD learners: learning rate (default: an OML run's inner rate)."),
@@ -60,10 +69,18 @@ def stream_command(
 ) -> None:
     """Learn classes one after another and report accuracy on all classes seen so far,
     forgetting and backward transfer (mean and 95% CI over seeds)."""
+    from lifelong.continual.classifiers.registry import parse_options
     from lifelong.continual.protocols import run_protocol
     from lifelong.continual.registry import LearnerSettings
 
-    settings = LearnerSettings(lr=lr, optimizer=optimizer, buffer=buffer, replay_batch=replay_batch)
+    settings = LearnerSettings(
+        lr=lr,
+        optimizer=optimizer,
+        buffer=buffer,
+        replay_batch=replay_batch,
+        classifier=classifier,
+        classifier_options=parse_options(classifier_option),
+    )
     result = run_protocol(
         run_dir,
         protocol,

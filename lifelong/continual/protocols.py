@@ -38,12 +38,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from lifelong.continual.base import ContinualLearner
+from lifelong.continual.classifiers.base import ClassModel
+from lifelong.continual.classifiers.registry import build_classifier, classifier_class
 from lifelong.continual.metrics import (
     accuracy_matrix,
     average_accuracy,
@@ -60,6 +62,9 @@ from lifelong.continual.registry import (
 )
 from lifelong.continual.streams import ClassStream, SineStream, task_sequence
 from lifelong.stats import confidence_interval, format_mean_ci
+
+if TYPE_CHECKING:
+    from lifelong.algorithms.base import Algorithm
 
 Stream = ClassStream | SineStream
 TASK_WAYS, TASK_SHOTS, TASK_QUERIES = 5, 5, 15
@@ -313,6 +318,20 @@ def run_seeds(
 
 
 # --------------------------------------------------------------------------- from a run
+def settings_of(
+    learner: ContinualLearner, algorithm: Algorithm, settings: LearnerSettings
+) -> dict[str, Any]:
+    """What defines a learner beyond its name, as JSON: a class model's name and
+    hyper-parameters (without CL2N's feature mean), or the SGD learners' settings with the
+    run's defaults filled in."""
+    if isinstance(learner, ClassModel):
+        return {"classifier": {k: v for k, v in learner.config().items() if k != "feature_mean"}}
+    described = asdict(resolve_settings(algorithm, settings))
+    for key in ("classifier", "classifier_options"):
+        del described[key]
+    return described
+
+
 def run_protocol(
     run_dir: str | Path,
     protocol: str,
@@ -341,6 +360,8 @@ def run_protocol(
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     check_learner(learner)
+    settings = settings or LearnerSettings()
+    classifier_class(settings.classifier)  # an unknown name fails before any loading
     if seeds < 1:
         raise ValueError(f"seeds must be positive, got {seeds}")
     spec = PROTOCOLS[protocol]
@@ -351,7 +372,6 @@ def run_protocol(
         need = "a regression (sinusoid)" if spec.regression else "an image classification"
         raise ValueError(f"{protocol} needs {need} run, but {str(run_dir)!r} is {kind} run")
     classes = spec.default_classes if classes is None else classes
-    settings = settings or LearnerSettings()
     if protocol == "incremental-sine":
         functions = algorithm.functions
         if functions is None:
@@ -380,13 +400,18 @@ def run_protocol(
                     f"was trained on {shape} images"
                 )
             own = trained.config.data_root if trained.config.dataset == "omniglot" else None
-            dataset = load_dataset(
+            lake = load_dataset(
                 "omniglot",
                 root=data_root or own,
                 class_split="lake",
                 rotations=False,
                 image_size=shape[1],
-            )["test"]
+            )
+            if split not in ("val", "test"):
+                raise ValueError(
+                    f"continual-omniglot streams the val or test classes, not {split!r}"
+                )
+            dataset = lake[split]
 
             def stream_for(seed: int) -> Stream:
                 return ClassStream(dataset, classes, 1, 15, 5, seed=seed)
@@ -410,12 +435,21 @@ def run_protocol(
                 )
 
     stream_for(first_seed)  # bad sizes fail here, before any learning
+    training = None
+    if learner == "prototypes" and classifier_class(settings.classifier).needs_training:
+        training = load_data(trained.config).splits["train"]
+    # one learner first: a learner that does not fit the run fails here; a class model's
+    # fixed parts (CL2N's feature mean) are computed once and copied for every seed
+    first = make_learner(learner, algorithm, 1, first_seed, settings, training)
+    described = settings_of(first, algorithm, settings)
 
     def make(seed: int) -> tuple[ContinualLearner, Stream]:
         stream = stream_for(seed)
+        if isinstance(first, ClassModel):
+            model = build_classifier(first.config(), algorithm.embedding(), stream.num_classes)
+            return model, stream
         return make_learner(learner, algorithm, stream.num_classes, seed, settings), stream
 
-    make_learner(learner, algorithm, 1, first_seed, settings)  # a learner that does not fit
     seed_list = list(range(first_seed, first_seed + seeds))
     results = run_seeds(make, seed_list, spec.report_at, device)
     return StreamResult(
@@ -430,8 +464,7 @@ def run_protocol(
             "algorithm": trained.config.algorithm,
             "classes": classes,
             "split": split,
-            # the SGD learners' settings, with the run's defaults filled in
-            **({} if learner == "prototypes" else asdict(resolve_settings(algorithm, settings))),
+            **described,
         },
         task_aware=protocol == "task-sequence",
     )

@@ -5,8 +5,9 @@ This module imports no torch at module level: the names (:data:`LEARNERS`,
 loading any model code; :func:`make_learner` imports the learners when it builds one.
 
 =================== ==================================================================
-``prototypes``      :class:`~lifelong.continual.prototypes.PrototypeMemory` over the run's
-                    embedding (Snell et al. 2017's classifier, class means updated online)
+``prototypes``      a streaming class model over the run's frozen embedding
+                    (:mod:`lifelong.continual.classifiers`, ``--classifier``: class means,
+                    CL2N, streaming LDA, Gaussians), fitted from running sums
 ``online-sgd``      :class:`~lifelong.continual.online.OnlineSGD` with the representation
                     frozen and the head learned online (OML's meta-test, Javed & White 2019)
 ``online-finetune`` the same network, everything trained online: naive fine-tuning from the
@@ -28,15 +29,18 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
+
+from lifelong.continual.classifiers.registry import DEFAULT_CLASSIFIER, make_classifier
 
 if TYPE_CHECKING:
     from lifelong.algorithms.base import Algorithm
     from lifelong.continual.base import ContinualLearner
+    from lifelong.data.classes import ClassDataset
 
 LEARNERS: dict[str, str] = {
-    "prototypes": "class means of the run's embedding, updated online",
+    "prototypes": "a class model (--classifier) of the run's frozen embedding, from running sums",
     "online-sgd": "representation frozen, head learned online by SGD (OML's meta-test)",
     "online-finetune": "the whole network fine-tuned online by SGD",
     "replay": "online fine-tuning with experience replay from a reservoir buffer",
@@ -85,9 +89,13 @@ def check_learner(name: str) -> None:
 
 @dataclass(frozen=True)
 class LearnerSettings:
-    """Settings of the SGD learners (``online-sgd``, ``online-finetune``, ``replay``).
+    """Settings of the learners: the class model of ``prototypes``, the SGD of the others
+    (``online-sgd``, ``online-finetune``, ``replay``).
 
     Args:
+        classifier: ``prototypes`` only: the class model
+            (:mod:`lifelong.continual.classifiers.registry`).
+        classifier_options: its hyper-parameters (e.g. ``{"shrinkage": 0.2}``).
         lr: learning rate; ``None``: an OML run's inner-loop rate (the rate its representation
             was meta-trained for), else 0.01.
         optimizer: ``"sgd"`` or ``"adam"``.
@@ -101,6 +109,8 @@ class LearnerSettings:
     batch_size: int | None = None
     buffer: int = 500
     replay_batch: int = 10
+    classifier: str = DEFAULT_CLASSIFIER
+    classifier_options: dict[str, float] = field(default_factory=dict)
 
 
 def resolve_settings(algorithm: Algorithm, settings: LearnerSettings) -> LearnerSettings:
@@ -120,32 +130,24 @@ def make_learner(
     num_classes: int,
     seed: int = 0,
     settings: LearnerSettings | None = None,
+    training: ClassDataset | None = None,
 ) -> ContinualLearner:
     """A fresh learner ``name`` (one of :data:`LEARNERS`) for a stream of ``num_classes``
-    classes, from a trained ``algorithm`` (in eval mode; it is copied, never changed).
+    classes, from a trained ``algorithm`` (in eval mode; it is copied, never changed);
+    ``training``: the run's meta-training split, for class models that need it (CL2N).
 
     Raises:
         ValueError: an unknown (or renamed) learner, a learner that does not fit the run
             (prototype memory on a regression run), or a replay buffer of size 0.
     """
     from lifelong.continual.online import OnlineSGD, network_of
-    from lifelong.continual.prototypes import PrototypeMemory
     from lifelong.continual.replay import ReservoirBuffer
 
     check_learner(name)
     settings = resolve_settings(algorithm, settings or LearnerSettings())
     if name == "prototypes":
-        if algorithm.regression:
-            raise ValueError(
-                "prototype memory classifies by class means, but this is a regression run: "
-                "use --learner online-sgd, online-finetune or replay"
-            )
-        return PrototypeMemory(
-            algorithm.embedding(),
-            num_classes,
-            distance=algorithm.distance,
-            p=algorithm.p,
-            temperature=algorithm.temperature,
+        return make_classifier(
+            settings.classifier, algorithm, num_classes, training, settings.classifier_options
         )
     buffer = None
     if name == "replay":

@@ -6,7 +6,7 @@ image files) and
 * **learns**: embeds a few images of a class and adds them to the store's statistics
   (:meth:`ClassStore.add <lifelong.store.db.ClassStore.add>`);
 * **recognises**: builds the prototype memory of the continual-learning protocols
-  (:class:`~lifelong.continual.prototypes.PrototypeMemory`) from the store's class means and
+  (:class:`~lifelong.continual.classifiers.mean.NearestMean`) from the store's class means and
   classifies by the ProtoNet rule, ``p(y=k|x) = softmax_k(-d(f(x), c_k) / T)`` (Snell et al.
   2017, eq. 2), with the run's distance ``d`` and temperature ``T``; an image whose nearest
   prototype is farther than the open-set threshold (:mod:`lifelong.store.calibration`) is
@@ -43,7 +43,8 @@ from torch import Tensor, nn
 
 from lifelong.algorithms.registry import algorithm_classes
 from lifelong.api import Learner, load
-from lifelong.continual.prototypes import PrototypeMemory
+from lifelong.continual.classifiers.base import ClassStatistics
+from lifelong.continual.classifiers.mean import NearestMean
 from lifelong.data.images import ImageDecodeError, open_image
 from lifelong.pipeline.data import load_data
 from lifelong.store.calibration import calibrate
@@ -217,7 +218,7 @@ class Recognizer:
         z = self.embed(self.images(files, max_pixels))
         return store.add(name, z, [ExampleFile(f.name, f.sha256) for f in files])
 
-    def memory(self, store: ClassStore) -> tuple[list[str], PrototypeMemory]:
+    def memory(self, store: ClassStore) -> tuple[list[str], NearestMean]:
         """The store's classes and their prototype memory (class means of the embedding)."""
         names, counts, sums = store.statistics()
         if not names:
@@ -225,12 +226,8 @@ class Recognizer:
                 f"store {str(store.path)!r} has no classes yet: teach it some with "
                 "`lifelong learn RUN_DIR --store FILE --class NAME IMAGE...`"
             )
-        memory = PrototypeMemory(
-            self._embed_raw, len(names), self.distance, self.p, self.temperature
-        )
-        memory.means = (sums / counts.unsqueeze(1).double()).to(self.learner.device)
-        memory.counts = counts
-        memory.seen[:] = True
+        memory = NearestMean(self._embed_raw, len(names), self.distance, self.p, self.temperature)
+        memory.load(ClassStatistics.of(counts, sums, torch.zeros_like(sums), None))
         return names, memory
 
     def _embed_raw(self, x: Tensor) -> Tensor:
