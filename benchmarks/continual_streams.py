@@ -13,6 +13,11 @@ summaries and one plot:
   after another.
 * ``task-sequence``: 5-way 5-shot tasks one after another.
 
+An entry ``prototypes:CLASSIFIER@RUN`` runs a class model of
+:mod:`lifelong.continual.classifiers` (``prototypes@RUN``: the default one); its
+hyper-parameters (the class's ``grid``, e.g. SLDA's shrinkage) are chosen on
+``--select-seeds`` streams of the validation classes, in the same way as learning rates.
+
 The learning rate of an SGD learner is chosen, unless ``--lr`` is given, from ``--lr-grid`` by
 one stream of streams that are never reported: for image protocols the *validation* classes
 (Omniglot: Lake's 100 background validation characters, never used for meta-training by
@@ -22,8 +27,9 @@ reported streams (seeds 0..seeds-1, test classes) are used once.
 
 Usage:
     python benchmarks/continual_streams.py --data-root /work/shared/data/omniglot \\
-        --entry prototypes@runs/co-proto --entry online-sgd@runs/co-oml \\
-        --entry online-finetune@runs/co-oml --entry replay@runs/co-oml --seeds 10
+        --entry prototypes:slda@runs/co-proto --entry prototypes:mean@runs/co-proto \\
+        --entry online-sgd@runs/co-oml --entry online-finetune@runs/co-oml \\
+        --entry replay@runs/co-oml --seeds 10
     python benchmarks/continual_streams.py --protocol incremental-sine \\
         --entry online-sgd@runs/sine-oml --entry online-finetune@runs/sine-oml --seeds 20
 
@@ -35,6 +41,7 @@ into this one, so that slow entries need not be measured again.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import platform
@@ -45,6 +52,7 @@ from pathlib import Path
 
 import torch
 
+from lifelong.continual.classifiers.registry import DEFAULT_CLASSIFIER, classifier_class
 from lifelong.continual.plots import plot_results
 from lifelong.continual.protocols import StreamResult, run_protocol
 from lifelong.continual.registry import PROTOCOLS, LearnerSettings
@@ -60,20 +68,25 @@ PUBLISHED = {
 }
 
 
-def select_lr(
-    run: str, learner: str, grid: list[float], settings: LearnerSettings, args: argparse.Namespace
-) -> tuple[float, dict[str, float]]:
-    """The rate of ``grid`` with the best metric on a validation stream (see the module doc)."""
+def select(
+    run: str,
+    learner: str,
+    candidates: dict[str, LearnerSettings],
+    args: argparse.Namespace,
+    seeds: int = 1,
+) -> tuple[str, dict[str, float]]:
+    """The key of ``candidates`` (settings) with the best metric on validation streams (see
+    the module doc), and every candidate's score."""
     sine = PROTOCOLS[args.protocol].regression
     scores = {}
-    for lr in grid:
+    for key, settings in candidates.items():
         result = run_protocol(
             run,
             args.protocol,
             learner,
             classes=None if sine else args.val_classes,
-            seeds=1,
-            settings=replace(settings, lr=lr),
+            seeds=seeds,
+            settings=settings,
             data_root=args.data_root,
             device=args.device,
             split="test" if sine else "val",
@@ -82,10 +95,22 @@ def select_lr(
         summary = result.summary()
         score = summary[f"{result.metric}_by_classes"][str(result.boundaries[-1])]
         worst = math.inf if sine else -math.inf  # a diverged run
-        scores[str(lr)] = worst if score is None else score
-        print(f"  {learner}@{run} lr {lr}: validation {result.metric} {score}", flush=True)
-    best = (min if sine else max)(grid, key=lambda lr: scores[str(lr)])
+        scores[key] = worst if score is None else score
+        print(f"  {learner}@{run} {key}: validation {result.metric} {score}", flush=True)
+    best = (min if sine else max)(candidates, key=lambda key: scores[key])
     return best, scores
+
+
+def classifier_candidates(settings: LearnerSettings) -> dict[str, LearnerSettings]:
+    """Settings for every point of the class model's hyper-parameter grid."""
+    grid = classifier_class(settings.classifier).grid
+    points = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+    return {
+        ",".join(f"{k}={v:g}" for k, v in point.items()) or "defaults": replace(
+            settings, classifier_options=point
+        )
+        for point in points
+    }
 
 
 def main() -> None:
@@ -101,6 +126,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None, help="skip the search: this rate")
     parser.add_argument("--lr-grid", type=float, nargs="+", default=list(DEFAULT_GRID))
     parser.add_argument("--val-classes", type=int, default=100)
+    parser.add_argument(
+        "--select-seeds", type=int, default=3, help="validation streams per classifier setting"
+    )
     parser.add_argument("--buffer", type=int, default=500)
     parser.add_argument("--optimizer", default="sgd")
     parser.add_argument("--device", default="cpu")
@@ -136,12 +164,24 @@ def main() -> None:
     for spec in args.entry:
         learner, sep, run = spec.partition("@")
         if not sep:
-            parser.error(f"--entry takes LEARNER@RUN_DIR, got {spec!r}")
-        settings = LearnerSettings(lr=args.lr, optimizer=args.optimizer, buffer=args.buffer)
+            parser.error(f"--entry takes LEARNER[:CLASSIFIER]@RUN_DIR, got {spec!r}")
+        learner, _, classifier = learner.partition(":")
+        settings = LearnerSettings(
+            lr=args.lr,
+            optimizer=args.optimizer,
+            buffer=args.buffer,
+            classifier=classifier or DEFAULT_CLASSIFIER,
+        )
         search = None
-        if learner != "prototypes" and args.lr is None:
-            lr, search = select_lr(run, learner, args.lr_grid, settings, args)
-            settings = replace(settings, lr=lr)
+        if learner == "prototypes":
+            candidates = classifier_candidates(settings)
+            if len(candidates) > 1:
+                best, search = select(run, learner, candidates, args, args.select_seeds)
+                settings = candidates[best]
+        elif args.lr is None:
+            candidates = {str(lr): replace(settings, lr=lr) for lr in args.lr_grid}
+            best, search = select(run, learner, candidates, args)
+            settings = candidates[best]
         started = time.perf_counter()
         result: StreamResult = run_protocol(
             run,
@@ -153,13 +193,13 @@ def main() -> None:
             data_root=args.data_root,
             device=args.device,
         )
-        result.learner = f"{learner}@{Path(run).name}"
+        result.learner = f"{learner}{':' + classifier if classifier else ''}@{Path(run).name}"
         print(result.table(), flush=True)
         entries.append(
             {
                 "command": report["command"],
                 "entry": spec,
-                "lr_search_validation": search,
+                "search_validation": search,
                 "seconds": round(time.perf_counter() - started, 1),
                 "summary": result.summary(),
             }

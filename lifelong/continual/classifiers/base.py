@@ -125,7 +125,8 @@ class ClassModel(ContinualLearner):
     """A class model over a frozen embedding, fitted from :class:`ClassStatistics`.
 
     Subclasses say what they are (``name``, ``summary``, ``options``: their hyper-parameters
-    with default values; ``uses_gram``: whether they need the Gram matrix;
+    with default values; ``grid``: the values of each worth trying on validation classes;
+    ``uses_gram``: whether they need the Gram matrix;
     ``needs_training``: whether :meth:`from_run` needs the run's meta-training images) and
     implement :meth:`fit` and :meth:`scores`; a model with its own feature map overrides
     :meth:`features`.
@@ -145,6 +146,7 @@ class ClassModel(ContinualLearner):
     name: ClassVar[str]
     summary: ClassVar[str]
     options: ClassVar[dict[str, float]] = {}
+    grid: ClassVar[dict[str, tuple[float, ...]]] = {}
     uses_gram: ClassVar[bool] = False
     needs_training: ClassVar[bool] = False
 

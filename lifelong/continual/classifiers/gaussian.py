@@ -66,6 +66,7 @@ class Gaussian(ClassModel):
     name = "gaussian"
     summary = "per-class diagonal Gaussians under a Gamma prior, MAP (GeMCL, 2021)"
     options: ClassVar[dict[str, float]] = {"strength": 10.0}
+    grid: ClassVar[dict[str, tuple[float, ...]]] = {"strength": (2, 5, 10, 30, 100, 1000)}
 
     def check_settings(self) -> None:
         if not self.settings["strength"] > 1:
