@@ -29,6 +29,7 @@ _ALGORITHMS: dict[str, str | type[Algorithm]] = {
     "protonet": "lifelong.algorithms.protonet:ProtoNet",
     "finetune": "lifelong.algorithms.finetune:FineTune",
     "oml": "lifelong.algorithms.oml:OML",
+    "anml": "lifelong.algorithms.anml:ANML",
 }
 
 
