@@ -18,6 +18,12 @@ Tensors are taken as images: ``uint8`` in ``0..255`` or floats in ``[0, 1]``, ``
 a batch ``[N, C, H, W]``, with exactly the run's channel count (no guessing which channel is
 which); they are resized and inverted like files.
 
+A run whose embedding is a fixed function of each image (ProtoNet, the transfer baseline, OML:
+``Algorithm.can_back_store()``) learns the support set with a **class model** of
+:mod:`lifelong.continual.classifiers` (``classifier``: the nearest mean by default, CL2N,
+streaming LDA or Gaussians), the same rule, fitted from the same sums, as ``lifelong stream``
+and the class store; other runs (the MAML family) adapt as their algorithm does.
+
 Example:
     >>> learner = lifelong.load("runs/omniglot-proto")
     >>> learner.adapt(["alpha/1.png", "beta/1.png"], ["alpha", "beta"])
@@ -37,8 +43,15 @@ from PIL import Image
 from torch import Tensor
 
 from lifelong.algorithms.base import Predictor
+from lifelong.continual.classifiers.base import ClassModel
+from lifelong.continual.classifiers.registry import (
+    DEFAULT_CLASSIFIER,
+    classifier_class,
+    make_classifier,
+)
+from lifelong.data.classes import ClassDataset
 from lifelong.data.images import IMAGE_SUFFIXES, open_image, to_tensor
-from lifelong.pipeline.data import background_of
+from lifelong.pipeline.data import background_of, load_data
 from lifelong.pipeline.device import resolve_device
 from lifelong.pipeline.trained import Trained, load_trained
 
@@ -62,13 +75,22 @@ class Learner:
     (sinusoids) take float tensors ``x [K, 1]``, ``y [K, 1]`` and predict a tensor.
     """
 
-    def __init__(self, trained: Trained, device: torch.device) -> None:
+    def __init__(
+        self,
+        trained: Trained,
+        device: torch.device,
+        classifier: str = DEFAULT_CLASSIFIER,
+        classifier_options: dict[str, float] | None = None,
+    ) -> None:
+        classifier_class(classifier)
         self.run = trained
         self.config, self.facts = trained.config, trained.facts
         self.device = device
         self.algorithm = trained.algorithm.to(device).eval()
+        self.classifier, self.classifier_options = classifier, dict(classifier_options or {})
         self.classes: list[str] = []
         self._predictor: Predictor | None = None
+        self._training: ClassDataset | None = None
 
     def __repr__(self) -> str:
         c = self.config
@@ -110,6 +132,30 @@ class Learner:
             pixels = 255 - pixels
         return pixels
 
+    # ------------------------------------------------------------------ class models
+    @property
+    def uses_class_model(self) -> bool:
+        """Whether :meth:`adapt` fits a class model (a fixed per-image embedding)."""
+        return not self.facts.regression and type(self.run.algorithm).can_back_store()
+
+    def class_model(
+        self,
+        num_classes: int,
+        name: str | None = None,
+        options: dict[str, float] | None = None,
+    ) -> ClassModel:
+        """A fresh class model (``name``: default this learner's ``classifier``) over the
+        run's embedding; CL2N's feature mean comes from the run's meta-training images."""
+        name = name or self.classifier
+        if options is None:
+            options = self.classifier_options if name == self.classifier else {}
+        training = None
+        if classifier_class(name).needs_training:
+            if self._training is None:
+                self._training = load_data(self.config).splits["train"]
+            training = self._training
+        return make_classifier(name, self.algorithm, num_classes, training, options)
+
     # ------------------------------------------------------------------ adapt and predict
     def adapt(
         self, support_images: ImageLike | Sequence[ImageLike] | Tensor, support_labels: Sequence
@@ -132,7 +178,12 @@ class Learner:
                     f"support set has {len(self.classes)} classes"
                 )
         ways = len(self.classes)
-        self._predictor = self.algorithm.adapt(x.to(self.device), y.to(self.device), ways)
+        if self.uses_class_model:
+            model = self.class_model(ways)
+            model.observe(x.to(self.device), y.to(self.device))
+            self._predictor = model.predict
+        else:
+            self._predictor = self.algorithm.adapt(x.to(self.device), y.to(self.device), ways)
         return self
 
     def predict(
@@ -160,11 +211,18 @@ class Learner:
         ]
 
 
-def load(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu") -> Learner:
+def load(
+    run_dir: str | Path,
+    checkpoint: str = "best",
+    device: str = "cpu",
+    classifier: str = DEFAULT_CLASSIFIER,
+    classifier_options: dict[str, float] | None = None,
+) -> Learner:
     """The trained learner of a run folder (its ``best`` checkpoint: the best validation
-    metric; ``last`` for the final weights)."""
+    metric; ``last`` for the final weights) with the class model ``classifier`` (see the
+    module doc)."""
     trained = load_trained(run_dir, checkpoint)
-    return Learner(trained, resolve_device(device))
+    return Learner(trained, resolve_device(device), classifier, classifier_options)
 
 
 def image_folder(folder: str | Path) -> tuple[list[Path], list[str]]:

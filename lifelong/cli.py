@@ -1,5 +1,6 @@
 """The ``lifelong`` command line: train, evaluate, predict, datasets, download, demo, stream,
-reproduce, and the class store's learn, recognize, classes, forget, export, import, serve.
+reproduce, and the class store's learn, recognize, classes, forget, migrate, export, import,
+serve.
 
 Every command turns bad input (an unknown option value, settings that do not fit together or
 do not fit the data, a missing run folder, an unreadable image...) into one line on stderr and
@@ -35,7 +36,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 import yaml
 
-from lifelong.continual.cli import stream_command
+from lifelong.continual.cli import ClassifierOption, ClassifierOptions, stream_command
 from lifelong.demo import demo_command
 from lifelong.pipeline.config import RunConfig
 from lifelong.reproduce import reproduce_command
@@ -288,6 +289,8 @@ def predict(
     ] = None,
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:INDEX.")] = "cpu",
+    classifier: ClassifierOption = None,
+    classifier_option: ClassifierOptions = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Learn new classes from a few images (--support), then classify --query images.
@@ -296,10 +299,12 @@ def predict(
     `lifelong predict RUN --support DIR --query a.png b.png more/`.
     """
     from lifelong.api import image_folder, image_paths, load
+    from lifelong.continual.classifiers.registry import DEFAULT_CLASSIFIER, parse_options
 
     if support is None or not (query or more):
         raise fail("predict needs --support DIR and at least one --query image or folder")
-    learner = load(run_dir, checkpoint, device)
+    options = parse_options(classifier_option)
+    learner = load(run_dir, checkpoint, device, classifier or DEFAULT_CLASSIFIER, options)
     if learner.facts.regression:
         raise fail(f"{str(run_dir)!r} is a regression run; predict classifies images")
     paths, labels = image_folder(support)
@@ -366,6 +371,7 @@ app.command("learn")(clean_errors(store_cli.learn_command))
 app.command("recognize")(clean_errors(store_cli.recognize_command))
 app.command("classes")(clean_errors(store_cli.classes_command))
 app.command("forget")(clean_errors(store_cli.forget_command))
+app.command("migrate")(clean_errors(store_cli.migrate_command))
 app.command("export")(clean_errors(store_cli.export_command))
 app.command("import")(clean_errors(store_cli.import_command))
 app.command("serve")(clean_errors(store_cli.serve_command))

@@ -110,9 +110,11 @@ class Algorithm(nn.Module, ABC):
 
     @classmethod
     def can_back_store(cls) -> bool:
-        """Whether a class store can keep prototypes of its embedding: a fixed embedding per
-        image (no fixed head, no per-task batch statistics)."""
-        return not cls.fixed_head and not cls.task_batch_norm
+        """Whether a class model (class store, ``Learner.adapt``) can be fitted to its
+        embedding: a fixed embedding per image (an :meth:`embedding` or :meth:`body`, no
+        fixed head, no per-task batch statistics)."""
+        has_embedding = cls.embedding is not Algorithm.embedding or cls.body is not Algorithm.body
+        return has_embedding and not cls.fixed_head and not cls.task_batch_norm
 
     @classmethod
     def defaults_for(cls, dataset: str) -> dict[str, Any]:

@@ -22,6 +22,22 @@ import typer
 from lifelong.continual.classifiers.registry import DEFAULT_CLASSIFIER, classifier_names
 from lifelong.continual.registry import LEARNERS, PROTOCOLS
 
+ClassifierOption = Annotated[
+    str | None,
+    typer.Option(
+        "--classifier",
+        help="The class model: "
+        + ", ".join(classifier_names())
+        + f" (default: {DEFAULT_CLASSIFIER}; see the README's continual-Omniglot table).",
+    ),
+]
+ClassifierOptions = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--classifier-option", help="A class model's hyper-parameter, KEY=NUMBER (repeatable)."
+    ),
+]
+
 
 def stream_command(
     run_dir: Annotated[
@@ -78,7 +94,7 @@ def stream_command(
         optimizer=optimizer,
         buffer=buffer,
         replay_batch=replay_batch,
-        classifier=classifier,
+        classifier=classifier or DEFAULT_CLASSIFIER,
         classifier_options=parse_options(classifier_option),
     )
     result = run_protocol(

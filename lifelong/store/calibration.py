@@ -1,24 +1,25 @@
-"""The open-set threshold: how far from every prototype an image must be to be "unknown".
+"""The open-set threshold: how far from every class an image must be to be "unknown".
 
-A prototype classifier (Snell et al. 2017) always names the nearest class, even for an image of
-a class it was never taught. :func:`calibrate` sets a distance threshold on classes the run
-never trained on, its **validation classes**, in the regime a store is used in (a few examples
-per class):
+A class model (:mod:`lifelong.continual.classifiers`) always names the most likely class, even
+for an image of a class it was never taught. :func:`calibrate` sets a threshold on the model's
+*energy* (minus its class score: for the nearest mean, Snell et al. 2017, the distance to the
+prototype in the run's units; for the Gaussian models, minus the log-likelihood) on classes
+the run never trained on, its **validation classes**, in the regime a store is used in (a few
+examples per class):
 
-1. draw up to ``max_classes`` validation classes; for each, ``shots`` random examples make its
-   prototype and up to ``queries`` other examples are held out;
-2. the distance of each held-out example to *its own* prototype is a distance that a genuine
-   image of a known class has; the threshold is their ``quantile`` (default 0.95): about 5% of
-   genuine images are then answered "unknown";
-3. for the record, the same held-out examples measure the other side: the distance to the
-   nearest *other* class's prototype is what an image of a class the store does not know
-   has, and ``unknown_rejected`` is the share of those beyond the threshold.
+1. draw up to ``max_classes`` validation classes; for each, ``shots`` random examples teach a
+   fresh class model and up to ``queries`` other examples are held out;
+2. the energy of each held-out example to *its own* class is one that a genuine image of a
+   known class has; the threshold is their ``quantile`` (default 0.95): about 5% of genuine
+   images are then answered "unknown";
+3. for the record, the same held-out examples measure the other side: the energy to the
+   nearest *other* class is what an image of a class the store does not know has, and
+   ``unknown_rejected`` is the share of those beyond the threshold.
 
-Distances are those of the run (e.g. squared Euclidean for a ProtoNet), so the threshold is in
-the run's units; users can override it per request.
+Users can override the threshold per request.
 
 Example:
-    >>> calibration = calibrate(protonet.embed, splits["val"], "sqeuclidean", quantile=0.95)
+    >>> calibration = calibrate(lambda k: NearestMean(protonet.embed, k), splits["val"])
     >>> calibration.threshold, calibration.unknown_rejected
     (41.7, 0.83)
 """
@@ -30,9 +31,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
 
-from lifelong.algorithms.distances import Distance, pairwise_distance
+from lifelong.continual.classifiers.base import ClassModel
 from lifelong.data.classes import ClassDataset
 
 REPORTED_QUANTILES = (0.5, 0.9, 0.95, 0.99)
@@ -42,10 +42,10 @@ REPORTED_QUANTILES = (0.5, 0.9, 0.95, 0.99)
 class Calibration:
     """The threshold and what it was measured on (see the module doc).
 
-    ``own_distance``: quantiles of the held-out examples' distances to their own prototype;
+    ``own_distance``: quantiles of the held-out examples' energies to their own class;
     ``known_accepted`` / ``unknown_rejected``: shares of held-out examples within the
-    threshold of their own prototype / beyond it from every other prototype; ``accuracy``:
-    nearest-prototype accuracy among the calibration classes.
+    threshold of their own class / beyond it from every other class; ``accuracy``: the class
+    model's accuracy among the calibration classes.
     """
 
     split: str
@@ -65,10 +65,8 @@ class Calibration:
 
 @torch.no_grad()
 def calibrate(
-    embed: Callable[[Tensor], Tensor],
+    model: Callable[[int], ClassModel],
     dataset: ClassDataset,
-    distance: Distance = "sqeuclidean",
-    p: float = 2.0,
     quantile: float = 0.95,
     shots: int = 5,
     queries: int = 15,
@@ -76,8 +74,9 @@ def calibrate(
     seed: int = 0,
     split: str = "val",
 ) -> Calibration:
-    """Calibrate the unknown threshold on ``dataset`` (classes the run did not train on); a
-    class with ``n`` images uses ``min(shots, n - 1)`` of them as support."""
+    """Calibrate the unknown threshold of the class models ``model(num_classes)`` on
+    ``dataset`` (classes the run did not train on); a class with ``n`` images uses ``min(shots,
+    n - 1)`` of them as support."""
     if not 0 < quantile <= 1:
         raise ValueError(f"the calibration quantile must lie in (0, 1], got {quantile}")
     if len(dataset) < 2 or dataset.min_count < 2:
@@ -95,14 +94,13 @@ def calibrate(
         support.append(images[order[:shots]])
         held_out.append(images[order[shots : shots + queries]])
         labels += [label] * len(held_out[-1])
-
-    def features(images: list[Tensor]) -> Tensor:
-        x = torch.cat(images)
-        return torch.cat([embed(part.float() / 255).float() for part in x.split(256)])
-
-    prototypes = features(support).unflatten(0, (len(chosen), shots)).mean(1)
-    d = pairwise_distance(features(held_out), prototypes, distance, p).double()
+    learner = model(len(chosen))
+    learner.observe(
+        torch.cat(support).float() / 255, torch.arange(len(chosen)).repeat_interleave(shots)
+    )
     y = torch.tensor(labels)
+    logits = learner.predict(torch.cat(held_out).float() / 255)
+    d = learner.energies(logits).double()
     own = d[torch.arange(len(y)), y]
     others = d.scatter(1, y[:, None], float("inf")).amin(1)
     threshold = float(torch.quantile(own, quantile))
@@ -116,5 +114,5 @@ def calibrate(
         own_distance={str(q): float(torch.quantile(own, q)) for q in REPORTED_QUANTILES},
         known_accepted=float((own <= threshold).double().mean()),
         unknown_rejected=float((others > threshold).double().mean()),
-        accuracy=float((d.argmin(1) == y).double().mean()),
+        accuracy=float((logits.argmax(1) == y).double().mean()),
     )

@@ -20,6 +20,8 @@ from typing import Annotated
 
 import typer
 
+from lifelong.continual.cli import ClassifierOption, ClassifierOptions
+
 StoreOption = Annotated[Path, typer.Option("--store", help="The class store (an SQLite file).")]
 Images = Annotated[
     list[Path], typer.Argument(metavar="IMAGE...", help="Image files or folders of images.")
@@ -46,19 +48,26 @@ def learn_command(
             "of validation images to their own class."
         ),
     ] = 0.95,
+    classifier: ClassifierOption = None,
+    classifier_option: ClassifierOptions = None,
+    keep_originals: Annotated[
+        bool, typer.Option(help="Keep each image file as given, beside its model-size copy.")
+    ] = False,
     device: DeviceOption = "cpu",
     as_json: JsonOption = False,
 ) -> None:
     """Teach the store a class (new, or more examples of a known one) from a few images;
-    the store is made, for this run, if it does not exist."""
+    the store is made, for this run and class model, if it does not exist."""
     from lifelong.api import image_paths
+    from lifelong.continual.classifiers.registry import parse_options
     from lifelong.store.recognizer import ImageFile, Recognizer, open_store
 
+    options = parse_options(classifier_option)
     files = [ImageFile.read(p) for p in image_paths(images)]
     recognizer = Recognizer.load(run_dir, checkpoint, device)
     new = not store.is_file() or store.stat().st_size == 0
-    with open_store(store, recognizer, quantile=quantile) as db:
-        added = recognizer.learn(db, class_name, files)
+    with open_store(store, recognizer, True, quantile, classifier, options) as db:
+        added = recognizer.learn(db, class_name, files, keep_originals=keep_originals)
         meta = db.meta
     if as_json:
         typer.echo(json.dumps({**vars(added), "new_store": new}))
@@ -146,6 +155,33 @@ def classes_command(store: StoreOption, as_json: JsonOption = False) -> None:
         when = datetime.fromtimestamp(c.updated).isoformat(" ", "seconds")
         plural = "s" if c.examples != 1 else " "
         typer.echo(f"{c.name:<{width}}  {c.examples:>5} example{plural}  last added {when}")
+
+
+def migrate_command(
+    store: StoreOption,
+    run: Annotated[
+        Path | None,
+        typer.Option("--run", help="A newer run: every kept image is embedded by it."),
+    ] = None,
+    classifier: ClassifierOption = None,
+    classifier_option: ClassifierOptions = None,
+    checkpoint: Annotated[str, typer.Option(help="best or last (of --run).")] = "best",
+    quantile: Annotated[
+        float, typer.Option(help="The unknown threshold's quantile, recalibrated.")
+    ] = 0.95,
+    device: DeviceOption = "cpu",
+) -> None:
+    """Move a store to a newer run (re-embedding the images it kept) and/or another class
+    model, in one transaction: the store is either all old or all new."""
+    from lifelong.continual.classifiers.registry import parse_options
+    from lifelong.store.recognizer import migrate_store
+
+    if run is None and classifier is None:
+        raise ValueError("migrate needs --run NEW_RUN, --classifier NAME or both")
+    report = migrate_store(
+        store, run, classifier, parse_options(classifier_option), checkpoint, quantile, device
+    )
+    typer.echo(report)
 
 
 def forget_command(

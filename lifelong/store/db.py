@@ -1,17 +1,25 @@
 """The class store: one SQLite file that remembers every class a learner was taught.
 
 A store belongs to one trained run (its folder and a fingerprint of its weights, so that
-embeddings of another model are never mixed in) and holds, for each class, the sufficient
-statistics of its prototype (Snell et al. 2017, eq. 1: the class mean of the embeddings):
-the number of examples ``n_k`` and the float64 sum ``s_k`` of their embeddings, so that
-``c_k = s_k / n_k`` and adding examples is ``s_k += sum f(x)``, ``n_k += n``: nothing is
-recomputed from earlier examples. Each example is kept too (its embedding, the SHA-256 of the
-file it came from, the file's name and when it was added), for provenance and export.
+embeddings of another model are never mixed in) and to one class model of
+:mod:`lifelong.continual.classifiers` (``meta["classifier"]``: mean, CL2N, streaming LDA,
+Gaussians), whose **sufficient statistics** it keeps over the model's features ``phi(f(x))``:
+per class the number of examples ``n_k``, the float64 sum ``s_k`` and sum of squares ``q_k``,
+and over all classes the Gram matrix ``G = sum phi phi^T`` (table ``shared``). Adding examples
+adds to these sums (``O(d^2)``), nothing is recomputed from earlier examples, and the model
+fitted from them is the one ``lifelong stream`` and ``lifelong predict`` fit on the same images.
+Each example is kept too: its embedding, the SHA-256 of the file it came from, the file's name,
+when it was added, the image at the model's resolution (``uint8 [C, H, W]``, 784 bytes for
+Omniglot: what lets ``lifelong migrate`` re-embed the store with a newer run) and, when asked,
+the original file.
 
-Schema ``user_version`` 1, ``application_id`` :data:`APPLICATION_ID` (so a file that is not
+Schema ``user_version`` 2, ``application_id`` :data:`APPLICATION_ID` (so a file that is not
 ours, or is from a newer version, is refused with one line), tables ``meta(key, value JSON)``,
-``classes(id, name UNIQUE, count, sum BLOB float64, created, updated)`` and ``examples(id,
-class_id, sha256, source, added, embedding BLOB float32, UNIQUE(class_id, sha256))``.
+``classes(id, name UNIQUE, count, sum BLOB float64, squares BLOB float64, created, updated)``,
+``examples(id, class_id, sha256, source, added, embedding BLOB float32, image BLOB uint8,
+original BLOB, UNIQUE(class_id, sha256))`` and ``shared(key, value BLOB)``. A store of schema
+1 (sums only, no images) is migrated in place when opened, in one transaction: its squares and
+Gram matrix are computed from the examples' embeddings, its class model is the nearest mean.
 
 Durability and concurrency: WAL journal, ``synchronous=FULL`` (every commit is fsync'ed before
 it returns, so whatever was acknowledged survives ``kill -9`` and power loss), and every
@@ -24,7 +32,7 @@ Example:
     >>> store = ClassStore.create("shop.db", meta={"run_dir": "runs/pn", ...})
     >>> store.add("mug", embeddings, [ExampleFile("mug1.jpg", sha256_1), ...])
     Added(name='mug', added=['mug1.jpg', ...], duplicates=[], count=5)
-    >>> names, counts, sums = store.statistics()      # prototypes: sums / counts[:, None]
+    >>> names, stats = store.statistics()      # ClassStatistics: counts, sums, squares, gram
 """
 
 from __future__ import annotations
@@ -42,7 +50,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-SCHEMA_VERSION = 1
+from lifelong.continual.classifiers.base import ClassStatistics
+from lifelong.continual.classifiers.mean import NearestMean
+from lifelong.continual.classifiers.registry import feature_map
+
+SCHEMA_VERSION = 2
 APPLICATION_ID = 0x4C4C5354  # "LLST"
 MAX_NAME = 200
 SCHEMA = """
@@ -53,7 +65,8 @@ CREATE TABLE classes (
     count INTEGER NOT NULL,
     sum BLOB NOT NULL,
     created REAL NOT NULL,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    squares BLOB
 );
 CREATE TABLE examples (
     id INTEGER PRIMARY KEY,
@@ -62,9 +75,20 @@ CREATE TABLE examples (
     source TEXT NOT NULL,
     added REAL NOT NULL,
     embedding BLOB NOT NULL,
+    image BLOB,
+    original BLOB,
     UNIQUE (class_id, sha256)
 );
+CREATE TABLE shared (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 """
+MIGRATE_FROM_1 = """
+ALTER TABLE classes ADD COLUMN squares BLOB;
+ALTER TABLE examples ADD COLUMN image BLOB;
+ALTER TABLE examples ADD COLUMN original BLOB;
+CREATE TABLE shared (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+"""
+"""Schema 1 -> 2: the statistics of every class model, images and originals (the columns
+added last, so that both schemas' rows read alike)."""
 
 
 class StoreError(ValueError):
@@ -81,10 +105,13 @@ class EmptyStore(StoreError):
 
 @dataclass(frozen=True)
 class ExampleFile:
-    """Where an example came from: the file's name and the SHA-256 of its content."""
+    """Where an example came from: the file's name and the SHA-256 of its content; the image
+    at the model's resolution (``uint8`` bytes) and the original file, when kept."""
 
     source: str
     sha256: str
+    image: bytes | None = None
+    original: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -208,6 +235,30 @@ class ClassStore:
                 f"{str(self.path)!r} was written by a newer version of lifelong (store schema "
                 f"{version}; this version reads schema {SCHEMA_VERSION}): upgrade lifelong"
             )
+        if version == 1:
+            self._migrate_from_1()
+
+    def _migrate_from_1(self) -> None:
+        """Schema 1 -> 2 in place, in one transaction (module doc); refused with one line
+        (and nothing changed) when the file cannot be written."""
+        try:
+            with self.transaction() as db:
+                if self._version()[1] != 1:  # another process migrated it meanwhile
+                    return
+                for statement in MIGRATE_FROM_1.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                meta = self.meta
+                rule = {k: meta[k] for k in ("distance", "p", "temperature") if k in meta}
+                classifier = NearestMean(_identity, 1, **rule).config()
+                self._set_meta(db, {"classifier": classifier})
+                self._recompute(db)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.OperationalError as err:
+            raise StoreError(
+                f"{str(self.path)!r} is a class store of schema 1 that could not be migrated "
+                f"to schema {SCHEMA_VERSION} ({err}); it was left unchanged"
+            ) from None
 
     def close(self) -> None:
         self.db.close()
@@ -221,7 +272,11 @@ class ClassStore:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (``BEGIN IMMEDIATE``: the write lock is taken at once, so a
-        read-modify-write of a class cannot interleave with another writer's)."""
+        read-modify-write of a class cannot interleave with another writer's). Inside an
+        open transaction it is part of that one (which commits or rolls back all of it)."""
+        if self.db.in_transaction:
+            yield self.db
+            return
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
@@ -229,6 +284,19 @@ class ClassStore:
             self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """A read transaction: the reads inside see one state of the file (a write committed
+        meanwhile by another process is not half seen); nested in an open one, nothing."""
+        if self.db.in_transaction:
+            yield
+            return
+        self.db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self.db.execute("COMMIT")
 
     # ------------------------------------------------------------------ reading
     @property
@@ -241,31 +309,59 @@ class ClassStore:
         rows = self.db.execute("SELECT name, count, created, updated FROM classes ORDER BY id")
         return [ClassSummary(*row) for row in rows]
 
-    def statistics(self) -> tuple[list[str], Tensor, Tensor]:
-        """Names, example counts ``int64 [K]`` and embedding sums ``float64 [K, D]`` of the
-        classes (one consistent snapshot)."""
-        rows = self.db.execute("SELECT name, count, sum FROM classes ORDER BY id").fetchall()
-        dim = int(self.meta["embedding_dim"])
-        sums = np.frombuffer(b"".join(r[2] for r in rows), dtype="<f8").reshape(len(rows), dim)
+    @property
+    def classifier(self) -> dict[str, Any]:
+        """The class model whose statistics the store keeps (a ``ClassModel.config()``)."""
+        return self.meta.get("classifier") or {"name": "mean"}
+
+    def features(self, embeddings: Tensor) -> Tensor:
+        """The class model's features ``phi`` of embeddings (float64), what the statistics
+        are sums of."""
+        return feature_map(self.classifier)(embeddings.detach().cpu().float())
+
+    def statistics(self) -> tuple[list[str], ClassStatistics]:
+        """Names and sufficient statistics (counts, sums, squares, Gram matrix) of the classes,
+        in the order they were first learned (one consistent snapshot)."""
+        with self.snapshot():
+            rows = self.db.execute(
+                "SELECT name, count, sum, squares FROM classes ORDER BY id"
+            ).fetchall()
+            gram = self._gram(self.db)
+        dim = gram.shape[0]
+        sums = _matrix([r[2] for r in rows], dim)
+        squares = _matrix([r[3] for r in rows], dim)
         counts = torch.tensor([r[1] for r in rows], dtype=torch.long)
-        return [r[0] for r in rows], counts, torch.from_numpy(sums.copy())
+        return [r[0] for r in rows], ClassStatistics.of(counts, sums, squares, gram)
 
     def examples(self) -> list[tuple[str, ExampleFile, float, Tensor]]:
-        """Every example: its class, file, time added and embedding ``float32 [D]``."""
+        """Every example: its class, file (with the kept image and original), time added and
+        embedding ``float32 [D]``."""
         rows = self.db.execute(
-            "SELECT c.name, e.source, e.sha256, e.added, e.embedding FROM examples e "
-            "JOIN classes c ON c.id = e.class_id ORDER BY e.id"
+            "SELECT c.name, e.source, e.sha256, e.image, e.original, e.added, e.embedding "
+            "FROM examples e JOIN classes c ON c.id = e.class_id ORDER BY e.id"
         )
         return [
-            (name, ExampleFile(source, sha), added, _tensor(blob, "<f4"))
-            for name, source, sha, added, blob in rows
+            (name, ExampleFile(source, sha, image, original), added, _tensor(blob, "<f4"))
+            for name, source, sha, image, original, added, blob in rows
         ]
+
+    def images(self, name: str, limit: int = 12) -> list[tuple[str, bytes]]:
+        """The first ``limit`` kept images of class ``name`` (file name, ``uint8`` bytes at the
+        model's resolution); :class:`UnknownClass` for a class the store does not hold."""
+        class_id = self._class_id(self.db, name)
+        rows = self.db.execute(
+            "SELECT source, image FROM examples WHERE class_id = ? AND image IS NOT NULL "
+            "ORDER BY id LIMIT ?",
+            (class_id, limit),
+        )
+        return [(source, bytes(image)) for source, image in rows]
 
     # ------------------------------------------------------------------ writing
     def add(self, name: str, embeddings: Tensor, files: Sequence[ExampleFile]) -> Added:
         """Add examples (embeddings ``[n, D]`` of the ``files``) to class ``name``, making the
-        class if needed, in one transaction. Files already learned by this class (same
-        SHA-256, also twice in one call) are skipped and listed as duplicates."""
+        class if needed, in one transaction: the class's count, sum and sum of squares of the
+        features and the Gram matrix grow by the new examples'. Files already learned by this
+        class (same SHA-256, also twice in one call) are skipped and listed as duplicates."""
         name = check_name(name)
         dim = int(self.meta["embedding_dim"])
         if embeddings.dim() != 2 or embeddings.shape != (len(files), dim):
@@ -274,51 +370,151 @@ class ClassStore:
                 f"got {tuple(embeddings.shape)}"
             )
         z = embeddings.detach().cpu().float()
+        phi = self.features(z)
         now = time.time()
         with self.transaction() as db:
-            query = "SELECT id, count, sum FROM classes WHERE name = ?"
+            query = "SELECT id, count, sum, squares FROM classes WHERE name = ?"
             row = db.execute(query, (name,)).fetchone()
             if row is None:
                 zero = vector_blob(torch.zeros(dim, dtype=torch.float64), "<f8")
                 cursor = db.execute(
-                    "INSERT INTO classes (name, count, sum, created, updated) VALUES (?,0,?,?,?)",
-                    (name, zero, now, now),
+                    "INSERT INTO classes (name, count, sum, squares, created, updated) "
+                    "VALUES (?, 0, ?, ?, ?, ?)",
+                    (name, zero, zero, now, now),
                 )
-                row = (cursor.lastrowid, 0, zero)
-            class_id, count, total = row[0], row[1], _tensor(row[2], "<f8")
+                row = (cursor.lastrowid, 0, zero, zero)
+            class_id, count = row[0], row[1]
+            total, squares = _tensor(row[2], "<f8"), _tensor(row[3], "<f8")
             query = "SELECT 1 FROM examples WHERE class_id = ? AND sha256 = ?"
-            added, duplicates, seen = [], [], set()
-            for file, vector in zip(files, z, strict=True):
+            added, duplicates, seen, kept = [], [], set(), []
+            for file, vector, feature in zip(files, z, phi, strict=True):
                 if file.sha256 in seen or db.execute(query, (class_id, file.sha256)).fetchone():
                     duplicates.append(file.source)
                     continue
                 seen.add(file.sha256)
                 db.execute(
-                    "INSERT INTO examples (class_id, sha256, source, added, embedding) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (class_id, file.sha256, file.source, now, vector_blob(vector, "<f4")),
+                    "INSERT INTO examples (class_id, sha256, source, added, embedding, image, "
+                    "original) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        class_id,
+                        file.sha256,
+                        file.source,
+                        now,
+                        vector_blob(vector, "<f4"),
+                        file.image,
+                        file.original,
+                    ),
                 )
-                total += vector.double()
+                total += feature
+                squares += feature * feature
+                kept.append(feature)
                 added.append(file.source)
             count += len(added)
             db.execute(
-                "UPDATE classes SET count = ?, sum = ?, updated = ? WHERE id = ?",
-                (count, vector_blob(total, "<f8"), now, class_id),
+                "UPDATE classes SET count = ?, sum = ?, squares = ?, updated = ? WHERE id = ?",
+                (count, vector_blob(total, "<f8"), vector_blob(squares, "<f8"), now, class_id),
             )
+            if kept:
+                new = torch.stack(kept)
+                self._set_gram(db, self._gram(db) + new.T @ new)
         return Added(name, added, duplicates, count)
 
     def forget(self, name: str) -> int:
-        """Delete class ``name`` and its examples; returns how many examples it had.
-        :class:`UnknownClass` if there is no such class (nothing is written)."""
+        """Delete class ``name`` and its examples (the Gram matrix loses their features);
+        returns how many examples it had. :class:`UnknownClass` if there is no such class
+        (nothing is written)."""
         with self.transaction() as db:
-            row = db.execute("SELECT id, count FROM classes WHERE name = ?", (name,)).fetchone()
-            if row is None:
-                names = [n for (n,) in db.execute("SELECT name FROM classes ORDER BY id")]
-                known = ", ".join(repr(n) for n in names[:20]) or "none"
-                raise UnknownClass(f"the store has no class {name!r} (its classes: {known})")
-            db.execute("DELETE FROM examples WHERE class_id = ?", (row[0],))
-            db.execute("DELETE FROM classes WHERE id = ?", (row[0],))
-        return int(row[1])
+            class_id = self._class_id(db, name)
+            blobs = db.execute("SELECT embedding FROM examples WHERE class_id = ?", (class_id,))
+            embeddings = [_tensor(blob, "<f4") for (blob,) in blobs]
+            if embeddings:
+                phi = self.features(torch.stack(embeddings))
+                self._set_gram(db, self._gram(db) - phi.T @ phi)
+            db.execute("DELETE FROM examples WHERE class_id = ?", (class_id,))
+            db.execute("DELETE FROM classes WHERE id = ?", (class_id,))
+        return len(embeddings)
+
+    def refit(
+        self,
+        meta: dict[str, Any],
+        embeddings: dict[int, Tensor] | None = None,
+        statistics: ClassStatistics | None = None,
+    ) -> None:
+        """In one transaction: update ``meta`` (e.g. another class model, another run), replace
+        the embeddings of the examples in ``embeddings`` (example id -> ``[D]``), and
+        recompute every statistic from the examples' embeddings (or write ``statistics``, of
+        the classes in order, e.g. those of an exported store, checked by the caller)."""
+        with self.transaction() as db:
+            self._set_meta(db, meta)
+            db.executemany(
+                "UPDATE examples SET embedding = ? WHERE id = ?",
+                [(vector_blob(z, "<f4"), i) for i, z in (embeddings or {}).items()],
+            )
+            self._recompute(db, statistics)
+
+    def example_images(self) -> list[tuple[int, bytes | None]]:
+        """Every example's id and kept image (``None`` for examples of a schema-1 store)."""
+        rows = self.db.execute("SELECT id, image FROM examples ORDER BY id")
+        return [(i, None if image is None else bytes(image)) for i, image in rows]
+
+    # ------------------------------------------------------------------ internals
+    def _class_id(self, db: sqlite3.Connection, name: str) -> int:
+        row = db.execute("SELECT id FROM classes WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            names = [n for (n,) in db.execute("SELECT name FROM classes ORDER BY id")]
+            known = ", ".join(repr(n) for n in names[:20]) or "none"
+            raise UnknownClass(f"the store has no class {name!r} (its classes: {known})")
+        return int(row[0])
+
+    def _set_meta(self, db: sqlite3.Connection, meta: dict[str, Any]) -> None:
+        db.executemany(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+            [(k, json.dumps(v)) for k, v in meta.items()],
+        )
+
+    def _gram(self, db: sqlite3.Connection) -> Tensor:
+        dim = int(self.meta["embedding_dim"])
+        row = db.execute("SELECT value FROM shared WHERE key = 'gram'").fetchone()
+        if row is None:
+            return torch.zeros(dim, dim, dtype=torch.float64)
+        return _tensor(row[0], "<f8").reshape(dim, dim)
+
+    def _set_gram(self, db: sqlite3.Connection, gram: Tensor) -> None:
+        db.execute(
+            "INSERT OR REPLACE INTO shared (key, value) VALUES ('gram', ?)",
+            (vector_blob(gram.reshape(-1), "<f8"),),
+        )
+
+    def _recompute(self, db: sqlite3.Connection, stats: ClassStatistics | None = None) -> None:
+        """Every class's count, sum and squares and the Gram matrix: ``stats``, or from the
+        examples' embeddings under the current class model."""
+        dim = int(self.meta["embedding_dim"])
+        classes = [i for (i,) in db.execute("SELECT id FROM classes ORDER BY id")]
+        if stats is None:
+            stats = self._from_examples(db, classes, dim)
+        db.executemany(
+            "UPDATE classes SET count = ?, sum = ?, squares = ? WHERE id = ?",
+            [
+                (int(n), vector_blob(s, "<f8"), vector_blob(q, "<f8"), class_id)
+                for class_id, n, s, q in zip(
+                    classes, stats.counts, stats.sums, stats.squares, strict=True
+                )
+            ],
+        )
+        assert stats.gram is not None
+        self._set_gram(db, stats.gram)
+
+    def _from_examples(
+        self, db: sqlite3.Connection, classes: list[int], dim: int
+    ) -> ClassStatistics:
+        rows = db.execute("SELECT class_id, embedding FROM examples").fetchall()
+        index = {class_id: k for k, class_id in enumerate(classes)}
+        stats = ClassStatistics(len(classes), dim)
+        if rows:
+            z = torch.from_numpy(np.frombuffer(b"".join(r[1] for r in rows), "<f4").copy())
+            labels = torch.tensor([index[r[0]] for r in rows])
+            stats.add(self.features(z.reshape(len(rows), dim)), labels)
+        return stats
 
     def integrity(self) -> str:
         """SQLite's ``integrity_check``: ``"ok"`` for a sound file."""
@@ -348,3 +544,12 @@ def vector_blob(t: Tensor, dtype: str) -> bytes:
 
 def _tensor(blob: bytes, dtype: str) -> Tensor:
     return torch.from_numpy(np.frombuffer(blob, dtype=dtype).copy())
+
+
+def _matrix(blobs: list[bytes], dim: int) -> Tensor:
+    """float64 vectors (one blob each) as a ``[len, dim]`` matrix."""
+    return torch.from_numpy(np.frombuffer(b"".join(blobs), dtype="<f8").reshape(-1, dim).copy())
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x

@@ -4,19 +4,19 @@
 image files) and
 
 * **learns**: embeds a few images of a class and adds them to the store's statistics
-  (:meth:`ClassStore.add <lifelong.store.db.ClassStore.add>`);
-* **recognises**: builds the prototype memory of the continual-learning protocols
-  (:class:`~lifelong.continual.classifiers.mean.NearestMean`) from the store's class means and
-  classifies by the ProtoNet rule, ``p(y=k|x) = softmax_k(-d(f(x), c_k) / T)`` (Snell et al.
-  2017, eq. 2), with the run's distance ``d`` and temperature ``T``; an image whose nearest
-  prototype is farther than the open-set threshold (:mod:`lifelong.store.calibration`) is
-  "unknown".
+  (:meth:`ClassStore.add <lifelong.store.db.ClassStore.add>`), keeping each image at the
+  model's resolution (and the original file when asked);
+* **recognises**: fits the store's class model (:mod:`lifelong.continual.classifiers`: by
+  default the nearest mean, the ProtoNet rule ``p(y=k|x) = softmax_k(-d(f(x), c_k) / T)``,
+  Snell et al. 2017, eq. 2) from the store's statistics; an image whose energy to the nearest
+  class exceeds the open-set threshold (:mod:`lifelong.store.calibration`) is "unknown".
 
-For a ProtoNet run, the predictions equal those of ``Learner.adapt(...).predict(...)`` (and
-``lifelong predict``) with the same support images. Embeddings must not depend on the other
-images of a batch, so runs whose batch norm uses batch statistics (the MAML family, Reptile)
-are refused. The store records a fingerprint of the run's weights (:func:`weights_fingerprint`)
-and a store made with other weights is refused.
+The predictions equal those of ``Learner.adapt(...).predict(...)`` (and ``lifelong
+predict``) and of ``lifelong stream`` with the same class model and support images.
+Embeddings must not depend on the other images of a batch, so runs whose batch norm uses
+batch statistics (the MAML family, Reptile) are refused. The store records a fingerprint of
+the run's weights (:func:`weights_fingerprint`) and a store made with other weights is
+refused.
 
 Example:
     >>> recognizer = Recognizer.load("runs/pn")
@@ -43,8 +43,8 @@ from torch import Tensor, nn
 
 from lifelong.algorithms.registry import algorithm_classes
 from lifelong.api import Learner, load
-from lifelong.continual.classifiers.base import ClassStatistics
-from lifelong.continual.classifiers.mean import NearestMean
+from lifelong.continual.classifiers.base import ClassModel
+from lifelong.continual.classifiers.registry import build_classifier, classifier_class
 from lifelong.data.images import ImageDecodeError, open_image
 from lifelong.pipeline.data import load_data
 from lifelong.store.calibration import calibrate
@@ -153,9 +153,6 @@ class Recognizer:
         self.learner, self.checkpoint = learner, checkpoint
         algorithm = learner.algorithm
         self.embedding = algorithm.embedding()
-        self.distance = algorithm.distance
-        self.p = float(algorithm.p)
-        self.temperature = float(algorithm.temperature)
         self.fingerprint = weights_fingerprint(algorithm)
         self._lock = threading.Lock()
 
@@ -167,10 +164,11 @@ class Recognizer:
     def run_dir(self) -> Path:
         return Path(self.learner.run.run_dir).resolve()
 
-    def meta(self) -> dict[str, Any]:
-        """What a new store records about the run."""
+    def meta(self, classifier: ClassModel) -> dict[str, Any]:
+        """What a new store records about the run and its class model."""
         config, shape = self.learner.config, self.learner.facts.image_shape or ()
         return {
+            "classifier": classifier.config(),
             "run_dir": str(self.run_dir),
             "checkpoint": self.checkpoint,
             "fingerprint": self.fingerprint,
@@ -178,9 +176,6 @@ class Recognizer:
             "dataset": config.dataset,
             "image_shape": list(shape),
             "embedding_dim": int(self.embed(torch.zeros(1, *shape)).shape[1]),
-            "distance": self.distance,
-            "p": self.p,
-            "temperature": self.temperature,
         }
 
     def check_store(self, store: ClassStore) -> None:
@@ -213,22 +208,35 @@ class Recognizer:
         name: str,
         files: Sequence[ImageFile],
         max_pixels: int = MAX_PIXELS,
+        keep_originals: bool = False,
     ) -> Added:
-        """Add the images ``files`` to class ``name`` of ``store`` (one transaction)."""
-        z = self.embed(self.images(files, max_pixels))
-        return store.add(name, z, [ExampleFile(f.name, f.sha256) for f in files])
+        """Add the images ``files`` to class ``name`` of ``store`` (one transaction), each
+        with its image at the model's resolution (and the file itself if
+        ``keep_originals``)."""
+        x = self.images(files, max_pixels)
+        pixels = (x * 255).round().to(torch.uint8)
+        examples = [
+            ExampleFile(
+                f.name,
+                f.sha256,
+                image=p.numpy().tobytes(),
+                original=f.data if keep_originals else None,
+            )
+            for f, p in zip(files, pixels, strict=True)
+        ]
+        return store.add(name, self.embed(x), examples)
 
-    def memory(self, store: ClassStore) -> tuple[list[str], NearestMean]:
-        """The store's classes and their prototype memory (class means of the embedding)."""
-        names, counts, sums = store.statistics()
+    def model(self, store: ClassStore) -> tuple[list[str], ClassModel]:
+        """The store's classes and its class model, fitted from its statistics."""
+        names, stats = store.statistics()
         if not names:
             raise EmptyStore(
                 f"store {str(store.path)!r} has no classes yet: teach it some with "
                 "`lifelong learn RUN_DIR --store FILE --class NAME IMAGE...`"
             )
-        memory = NearestMean(self._embed_raw, len(names), self.distance, self.p, self.temperature)
-        memory.load(ClassStatistics.of(counts, sums, torch.zeros_like(sums), None))
-        return names, memory
+        model = build_classifier(store.classifier, self._embed_raw, len(names))
+        model.load(stats)
+        return names, model
 
     def _embed_raw(self, x: Tensor) -> Tensor:
         return self.embedding(x.to(self.learner.device))
@@ -249,11 +257,11 @@ class Recognizer:
             threshold = store.meta.get("threshold")
         limit = math.inf if threshold is None else float(threshold)
         x = self.images(files, max_pixels)
-        names, memory = self.memory(store)
+        names, model = self.model(store)
         with self._lock:
-            logits = memory.predict(x).float().cpu()
+            logits = model.predict(x).float().cpu()
         probabilities = logits.softmax(-1)
-        distances = -logits * self.temperature
+        distances = model.energies(logits)
         order = probabilities.argsort(dim=-1, descending=True, stable=True)[:, :top]
         results = []
         for file, p, d, best in zip(files, probabilities, distances, order, strict=True):
@@ -278,18 +286,28 @@ def open_store(
     recognizer: Recognizer,
     create: bool = True,
     quantile: float = 0.95,
+    classifier: str | None = None,
+    options: dict[str, float] | None = None,
 ) -> ClassStore:
-    """The store at ``path`` for ``recognizer``'s run: made (and calibrated on the run's
-    validation classes, see :mod:`lifelong.store.calibration`) when ``create`` and there is
-    none yet; an existing store must belong to the same weights."""
+    """The store at ``path`` for ``recognizer``'s run: made with the class model
+    ``classifier`` (default: the recognizer's) and calibrated on the run's validation classes
+    (see :mod:`lifelong.store.calibration`) when ``create`` and there is none yet; an existing
+    store must belong to the same weights, and to ``classifier`` when one is named."""
     path = Path(path)
     if not create or (path.is_file() and path.stat().st_size > 0):
         store = ClassStore.open(path)
     else:
-        meta = {**recognizer.meta(), **calibration_meta(recognizer, quantile)}
+        model = recognizer.learner.class_model(1, classifier, options)
+        meta = {**recognizer.meta(model), **calibration_meta(recognizer, model, quantile)}
         store = ClassStore.create(path, meta)
     try:
         recognizer.check_store(store)
+        kept = store.classifier["name"]
+        if classifier is not None and classifier != kept:
+            raise StoreError(
+                f"store {str(path)!r} keeps the statistics of the {kept} classifier: change it "
+                f"with `lifelong migrate --store {path} --classifier {classifier}`"
+            )
     except BaseException:
         store.close()
         raise
@@ -313,9 +331,10 @@ def recognizer_for(
     return recognizer
 
 
-def calibration_meta(recognizer: Recognizer, quantile: float) -> dict[str, Any]:
-    """``threshold`` and ``calibration`` entries of a new store's meta; without validation
-    classes the threshold is ``None`` (never "unknown") and ``calibration`` says why."""
+def calibration_meta(recognizer: Recognizer, model: ClassModel, quantile: float) -> dict[str, Any]:
+    """``threshold`` and ``calibration`` entries of a new store's meta for the class model
+    ``model`` (its kind and settings); without validation classes the threshold is ``None``
+    (never "unknown") and ``calibration`` says why."""
     config = recognizer.learner.config
     try:
         splits = load_data(config).splits or {}
@@ -324,5 +343,78 @@ def calibration_meta(recognizer: Recognizer, quantile: float) -> dict[str, Any]:
     if "val" not in splits:
         reason = f"dataset {config.dataset} has no validation classes"
         return {"threshold": None, "calibration": {"error": reason}}
-    result = calibrate(recognizer.embed, splits["val"], recognizer.distance, recognizer.p, quantile)
+
+    def fresh(num_classes: int) -> ClassModel:
+        return build_classifier(model.config(), recognizer.embed, num_classes)
+
+    result = calibrate(fresh, splits["val"], quantile)
     return {"threshold": result.threshold, "calibration": result.to_dict()}
+
+
+def migrate_store(
+    path: str | Path,
+    run_dir: str | Path | None = None,
+    classifier: str | None = None,
+    options: dict[str, float] | None = None,
+    checkpoint: str = "best",
+    quantile: float = 0.95,
+    device: str = "cpu",
+) -> str:
+    """Move the store at ``path`` to the run ``run_dir`` (every example re-embedded from the
+    image the store kept at the model's resolution) and/or to the class model ``classifier``
+    (with ``options``; by default the store's own, with its settings), recalibrate its
+    threshold, all in one transaction (:meth:`ClassStore.refit`). Returns a one-line report.
+
+    Raises:
+        StoreError: a run with another input size, or examples without a kept image (learned
+            into a schema-1 store): nothing is changed.
+    """
+    with ClassStore.open(path) as store:
+        meta = store.meta
+        if run_dir is None:
+            recognizer = recognizer_for(path, None, device)
+        else:
+            recognizer = Recognizer.load(run_dir, checkpoint, device)
+        kept = store.classifier
+        name = classifier or kept["name"]
+        if not options:  # the store's own settings when it keeps its classifier
+            own = classifier_class(name).options
+            options = {k: v for k, v in kept.items() if k in own} if name == kept["name"] else {}
+        model = recognizer.learner.class_model(1, name, options)
+        embeddings = None
+        if run_dir is not None:
+            embeddings = reembed(store, recognizer, meta)
+        new_meta = {**recognizer.meta(model), **calibration_meta(recognizer, model, quantile)}
+        store.refit(new_meta, embeddings)
+        count = len(store.classes())
+    moved = f"to run {new_meta['run_dir']}, " if run_dir is not None else ""
+    return (
+        f"migrated {path} {moved}classifier {name} ({count} classes"
+        f"{f', {len(embeddings)} examples re-embedded' if embeddings is not None else ''})"
+    )
+
+
+def reembed(store: ClassStore, recognizer: Recognizer, meta: dict[str, Any]) -> dict[int, Tensor]:
+    """The new run's embedding of every example's kept image (example id -> ``[D]``)."""
+    shape = list(recognizer.learner.facts.image_shape or ())
+    if shape != list(meta.get("image_shape") or []):
+        raise StoreError(
+            f"store {str(store.path)!r} keeps images of {meta.get('image_shape')}, but run "
+            f"{str(recognizer.run_dir)!r} takes {shape}: it cannot re-embed them"
+        )
+    rows = store.example_images()
+    missing = sum(image is None for _, image in rows)
+    if missing:
+        raise StoreError(
+            f"{missing} examples of store {str(store.path)!r} were learned before stores kept "
+            "images (schema 1): they cannot be re-embedded; learn them again into a new store"
+        )
+    embeddings: dict[int, Tensor] = {}
+    for start in range(0, len(rows), 256):
+        part = rows[start : start + 256]
+        pixels = torch.frombuffer(
+            bytearray(b"".join(image for _, image in part)), dtype=torch.uint8
+        )
+        z = recognizer.embed(pixels.reshape(len(part), *shape).float() / 255)
+        embeddings.update({i: v for (i, _), v in zip(part, z, strict=True)})
+    return embeddings

@@ -249,7 +249,12 @@ class ClassModel(ContinualLearner):
     def predict(self, x: Tensor) -> Tensor:
         return self.logits_of(self.featurize(x))
 
+    def energies(self, logits: Tensor) -> Tensor:
+        """Per class, how far an input is from the class: minus the score of :meth:`predict`'s
+        ``logits`` ``[n, K]``."""
+        return -logits
+
     def energy(self, logits: Tensor) -> Tensor:
-        """``-max_k`` score ``[n]`` of :meth:`predict`'s logits: large for an input far from
-        every class (the open-set statistic of a class store)."""
-        return -logits.amax(-1)
+        """``[n]``: the energy to the nearest class, large for an input far from every class
+        (the open-set statistic of a class store)."""
+        return self.energies(logits).amin(-1)

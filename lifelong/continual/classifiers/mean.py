@@ -77,9 +77,9 @@ class NearestMean(ClassModel):
     def scores(self, z: Tensor, fitted: Tensor) -> Tensor:
         return pairwise_distance(z, fitted, self.distance, self.p).div_(-self.temperature)
 
-    def energy(self, logits: Tensor) -> Tensor:
-        """The distance to the nearest prototype, in the run's units."""
-        return super().energy(logits) * self.temperature
+    def energies(self, logits: Tensor) -> Tensor:
+        """The distances to the prototypes, in the run's units."""
+        return -logits * self.temperature
 
     @property
     def prototypes(self) -> Tensor:

@@ -91,6 +91,16 @@ def make_classifier(
     return cls.from_run(algorithm, num_classes, training, dict(options or {}))
 
 
+def feature_map(config: Mapping[str, Any]) -> Callable[[Tensor], Tensor]:
+    """The feature map ``phi`` of the class model of ``config``: embeddings ``[n, D]`` to the
+    float64 features its statistics are sums of (the identity for most models)."""
+    return build_classifier(config, _no_embedding, 1).features
+
+
+def _no_embedding(x: Tensor) -> Tensor:
+    raise ValueError("this class model was built for its feature map only")
+
+
 def build_classifier(
     config: Mapping[str, Any], embed: Callable[[Tensor], Tensor], num_classes: int
 ) -> ClassModel:
