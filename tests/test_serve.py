@@ -4,6 +4,7 @@ web page in a headless Chromium."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import os
@@ -125,6 +126,23 @@ def test_health_docs_and_page_are_served(client):
     )
     assert "HTTPBearer" in schema["components"]["securitySchemes"]
     assert 'id="class-name"' in client.get("/").text
+
+
+def test_thumbnails_show_a_class_as_the_model_sees_it(client, images):
+    response = client.post(
+        "/examples",
+        data={"class_name": "thumbs"},
+        files=uploads([(p.name, p.read_bytes()) for p in images["class2"][:3]]),
+    )
+    assert response.status_code == 200, response.text
+    shown = client.get("/thumbnails", params={"class_name": "thumbs", "limit": 2}).json()
+    assert [i["source"] for i in shown["images"]] == [p.name for p in images["class2"][:2]]
+    first = Image.open(io.BytesIO(base64.b64decode(shown["images"][0]["png"])))
+    assert first.mode == "L" and first.size[0] == first.size[1] < 64  # the run's 1xHxW input
+    missing = client.get("/thumbnails", params={"class_name": "nope"})
+    assert missing.status_code == 404 and "no class 'nope'" in missing.json()["detail"]
+    assert client.get("/thumbnails", params={"class_name": "thumbs", "limit": 0}).status_code == 422
+    assert client.delete("/classes/thumbs").status_code == 200
 
 
 def test_a_missing_or_wrong_token_is_401_and_writes_nothing(client, images):
@@ -348,10 +366,14 @@ def test_web_page_teaches_a_class_and_recognises_images_in_headless_chromium(
                 page.locator(f'li[data-class="{name}"]').wait_for()
                 assert f"learned 1 image of {name}" in page.text_content("#learn-status")
             assert "alpha (1 example)" in page.text_content('li[data-class="alpha"]')
+            page.locator('li[data-class="alpha"] .thumbs img').first.wait_for()
             page.set_input_files("#predict-files", [str(alpha), str(beta)])
             page.locator(".result").nth(1).wait_for()
             labels = page.locator(".result .label").all_text_contents()
             assert labels == ["alpha", "beta"]  # each image is its class's only example
+            bars = page.locator(".result").nth(0).locator(".bar-label").all_text_contents()
+            assert bars[0] == "alpha" and set(bars) <= {"alpha", "beta"}
+            page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
             page.fill("#class-name", "")
             page.click("#learn-button")
             assert page.text_content("#learn-status") == "type a class name first"

@@ -29,15 +29,19 @@ Example:
 
 from __future__ import annotations
 
+import base64
+import io
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import FastAPI, File, Form, Query, Request, Security, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPBearer
+from PIL import Image
 
 import lifelong
 from lifelong.store.db import ClassStore, EmptyStore, StoreError, UnknownClass
@@ -201,6 +205,19 @@ def create_app(
             used = store.meta.get("threshold") if limit is None else limit
         return {"threshold": used, "predictions": [r.to_dict() for r in results]}
 
+    @app.get("/thumbnails", dependencies=secured)
+    def thumbnails(
+        class_name: Annotated[str, Query(description="the class whose images to show")],
+        limit: Annotated[int, Query(ge=1, le=50, description="images at most")] = 8,
+    ) -> dict[str, Any]:
+        """The first images a class was taught, as the model sees them (its resolution and
+        ink convention), base64 PNGs."""
+        with ClassStore.open(store_path) as store:
+            shape = store.meta["image_shape"]
+            rows = store.images(class_name, limit)
+        images = [{"source": source, "png": png_base64(image, shape)} for source, image in rows]
+        return {"class_name": class_name, "images": images}
+
     @app.delete("/classes/{name}", dependencies=secured)
     def forget(name: str) -> dict[str, Any]:
         """Forget a class and all its examples."""
@@ -209,3 +226,11 @@ def create_app(
         return {"deleted": name, "examples": count}
 
     return app
+
+
+def png_base64(pixels: bytes, shape: list[int]) -> str:
+    """A kept image (``uint8`` bytes of ``[C, H, W]``) as a base64 PNG."""
+    array = np.frombuffer(pixels, dtype=np.uint8).reshape(shape).transpose(1, 2, 0)
+    out = io.BytesIO()
+    Image.fromarray(array[..., 0] if shape[0] == 1 else array).save(out, format="PNG")
+    return base64.b64encode(out.getvalue()).decode("ascii")
