@@ -256,3 +256,24 @@ def test_a_schema_1_store_that_cannot_be_migrated_is_refused_unchanged(
         writer.execute("ROLLBACK")
         writer.close()
     assert path.read_bytes() == before
+
+
+def test_the_fitted_model_is_kept_until_the_store_changes(recognizer, images, tmp_path):
+    path = tmp_path / "s.db"
+    with open_store(path, recognizer) as store:
+        recognizer.learn(store, "a", [ImageFile.read(p) for p in images["class0"][:3]])
+        first = recognizer.model(store)[1]
+        assert recognizer.model(store)[1] is first  # nothing changed: the same fitted model
+    with ClassStore.open(path) as other:  # another connection (another process) writes
+        recognizer.learn(other, "b", [ImageFile.read(p) for p in images["class1"][:3]])
+    with ClassStore.open(path) as store:
+        names, model = recognizer.model(store)
+        assert names == ["a", "b"] and model is not first
+        store.forget("a")
+        assert recognizer.model(store)[0] == ["b"]
+    replaced = tmp_path / "t.db"
+    with open_store(replaced, recognizer) as store:  # another file, also at one write
+        recognizer.learn(store, "c", [ImageFile.read(p) for p in images["class2"][:3]])
+    replaced.replace(path)
+    with ClassStore.open(path) as store:
+        assert recognizer.model(store)[0] == ["c"]

@@ -17,7 +17,8 @@ Schema ``user_version`` 2, ``application_id`` :data:`APPLICATION_ID` (so a file 
 ours, or is from a newer version, is refused with one line), tables ``meta(key, value JSON)``,
 ``classes(id, name UNIQUE, count, sum BLOB float64, squares BLOB float64, created, updated)``,
 ``examples(id, class_id, sha256, source, added, embedding BLOB float32, image BLOB uint8,
-original BLOB, UNIQUE(class_id, sha256))`` and ``shared(key, value BLOB)``. A store of schema
+original BLOB, UNIQUE(class_id, sha256))`` and ``shared(key, value)`` (the Gram matrix, and
+the ``generation``: the number of writes that changed the classes). A store of schema
 1 (sums only, no images) is migrated in place when opened, in one transaction: its squares and
 Gram matrix are computed from the examples' embeddings, its class model is the nearest mean.
 
@@ -417,6 +418,7 @@ class ClassStore:
             if kept:
                 new = torch.stack(kept)
                 self._set_gram(db, self._gram(db) + new.T @ new)
+                self._changed(db)
         return Added(name, added, duplicates, count)
 
     def forget(self, name: str) -> int:
@@ -432,6 +434,7 @@ class ClassStore:
                 self._set_gram(db, self._gram(db) - phi.T @ phi)
             db.execute("DELETE FROM examples WHERE class_id = ?", (class_id,))
             db.execute("DELETE FROM classes WHERE id = ?", (class_id,))
+            self._changed(db)
         return len(embeddings)
 
     def refit(
@@ -451,6 +454,7 @@ class ClassStore:
                 [(vector_blob(z, "<f4"), i) for i, z in (embeddings or {}).items()],
             )
             self._recompute(db, statistics)
+            self._changed(db)
 
     def example_images(self) -> list[tuple[int, bytes | None]]:
         """Every example's id and kept image (``None`` for examples of a schema-1 store)."""
@@ -478,6 +482,18 @@ class ClassStore:
         if row is None:
             return torch.zeros(dim, dim, dtype=torch.float64)
         return _tensor(row[0], "<f8").reshape(dim, dim)
+
+    def generation(self) -> int:
+        """How many writes changed the classes since the store was made (read caches of its
+        class model are valid while it stays the same)."""
+        row = self.db.execute("SELECT value FROM shared WHERE key = 'generation'").fetchone()
+        return 0 if row is None else int(row[0])
+
+    def _changed(self, db: sqlite3.Connection) -> None:
+        db.execute(
+            "INSERT INTO shared (key, value) VALUES ('generation', 1) "
+            "ON CONFLICT (key) DO UPDATE SET value = value + 1"
+        )
 
     def _set_gram(self, db: sqlite3.Connection, gram: Tensor) -> None:
         db.execute(

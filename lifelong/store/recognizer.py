@@ -32,7 +32,7 @@ import hashlib
 import io
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -155,6 +155,7 @@ class Recognizer:
         self.embedding = algorithm.embedding()
         self.fingerprint = weights_fingerprint(algorithm)
         self._lock = threading.Lock()
+        self._cached: tuple[tuple[Any, ...], list[str], ClassModel] | None = None
 
     @classmethod
     def load(cls, run_dir: str | Path, checkpoint: str = "best", device: str = "cpu") -> Recognizer:
@@ -227,16 +228,14 @@ class Recognizer:
         return store.add(name, self.embed(x), examples)
 
     def model(self, store: ClassStore) -> tuple[list[str], ClassModel]:
-        """The store's classes and its class model, fitted from its statistics."""
-        names, stats = store.statistics()
-        if not names:
-            raise EmptyStore(
-                f"store {str(store.path)!r} has no classes yet: teach it some with "
-                "`lifelong learn RUN_DIR --store FILE --class NAME IMAGE...`"
-            )
-        model = build_classifier(store.classifier, self._embed_raw, len(names))
-        model.load(stats)
-        return names, model
+        """The store's classes and its class model over this run's embedding, kept while the
+        store (its file, its creation time, its generation of writes) stays the same."""
+        with store.snapshot():
+            key = (str(store.path.resolve()), store.meta.get("created"), store.generation())
+            cached = self._cached
+            if cached is None or cached[0] != key:
+                cached = self._cached = (key, *store_model(store, self._embed_raw))
+        return cached[1], cached[2]
 
     def _embed_raw(self, x: Tensor) -> Tensor:
         return self.embedding(x.to(self.learner.device))
@@ -279,6 +278,22 @@ class Recognizer:
                 )
             )
         return results
+
+
+def store_model(
+    store: ClassStore, embed: Callable[[Tensor], Tensor]
+) -> tuple[list[str], ClassModel]:
+    """The classes of ``store`` and its class model over ``embed``, fitted from the store's
+    statistics; :class:`EmptyStore` before any class is taught."""
+    names, stats = store.statistics()
+    if not names:
+        raise EmptyStore(
+            f"store {str(store.path)!r} has no classes yet: teach it some with "
+            "`lifelong learn RUN_DIR --store FILE --class NAME IMAGE...`"
+        )
+    model = build_classifier(store.classifier, embed, len(names))
+    model.load(stats)
+    return names, model
 
 
 def open_store(
