@@ -1,4 +1,5 @@
-"""``lifelong demo``: meta-train ProtoNet and MAML for a few minutes, test them, plot them.
+"""``lifelong demo``: meta-train ProtoNet and MAML for a few minutes, test them, plot them,
+and learn a stream of new classes one after another with the ProtoNet embedding.
 
 The first command of the README: it needs no data (the built-in strokes characters and
 sinusoids) and fits a laptop (small models, a time budget).
@@ -16,8 +17,12 @@ from typing import Annotated, Any, NamedTuple
 import typer
 
 from lifelong.pipeline.config import ConfigError, RunConfig
+from lifelong.stats import format_mean_ci
 
 DEMO_OUT = Path("runs/demo")
+STREAM_CLASSES, STREAM_SEEDS = 50, 3
+"""The lifelong part: held-out strokes classes learned one after another (15 images each,
+tested on 5 others), over this many seeds."""
 
 
 class DemoRun(NamedTuple):
@@ -56,8 +61,11 @@ def demo_command(
 
     ProtoNet and MAML learn the built-in strokes characters, MAML learns sinusoids; each is
     tested on held-out classes (or new sinusoids) with a 95% confidence interval, next to a
-    nearest-mean classifier on raw pixels. The table goes to the terminal and OUT/demo.json,
-    the plot to OUT/demo.png; the runs are in OUT/protonet, OUT/maml and OUT/sinusoid.
+    nearest-mean classifier on raw pixels. Then 50 held-out classes arrive one after another:
+    the default class model on the ProtoNet embedding against naive fine-tuning of the same
+    network, accuracy on all classes seen so far. The table goes to the terminal and
+    OUT/demo.json, the plot to OUT/demo.png; the runs are in OUT/protonet, OUT/maml and
+    OUT/sinusoid.
     """
     import shutil
 
@@ -94,16 +102,47 @@ def demo_command(
     for method, data, steps, e in rows:
         task = f"{data} {e.ways}-way {e.shots}-shot" if e.ways else f"{data} {e.shots}-shot"
         table.append((method, task, str(steps), str(e).split(" (")[0]))
+    typer.echo(f"lifelong: {STREAM_CLASSES} new strokes classes, one after another", err=True)
+    streams = lifelong_streams(out / DEMO_RUNS[0].name)
+    stream_task = f"strokes, {STREAM_CLASSES} classes one by one"
+    for label, summary in streams:
+        end = str(STREAM_CLASSES)
+        accuracy = summary["accuracy_by_classes"][end], summary["ci95"][end]
+        table.append((label, stream_task, "-", format_mean_ci(*accuracy, percent=True)))
     widths = [max(len(row[c]) for row in table) for c in range(4)]
     for row in table:
         typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     summary = [{"method": m, "data": d, "iterations": i, **e.to_dict()} for m, d, i, e in rows]
+    summary += [{"method": label, "stream": s} for label, s in streams]
     (out / "demo.json").write_text(json.dumps(summary, indent=1) + "\n")
-    typer.echo(f"plot: {demo_plot(out, rows, seed)}")
+    typer.echo(f"plot: {demo_plot(out, rows, streams, seed)}")
 
 
-def demo_plot(out: Path, rows: list[tuple[str, str, int, Any]], seed: int) -> Path:
-    """Test accuracies with their CIs, validation curves, and one adapted sinusoid."""
+def lifelong_streams(run_dir: Path) -> list[tuple[str, dict[str, Any]]]:
+    """The class-incremental stream of held-out classes on the ProtoNet run: the default
+    class model against naive fine-tuning (summaries of :class:`StreamResult`)."""
+    from lifelong.continual.classifiers.registry import DEFAULT_CLASSIFIER
+    from lifelong.continual.protocols import run_protocol
+
+    learners = (
+        ("prototypes", f"class model ({DEFAULT_CLASSIFIER}), frozen embedding"),
+        ("online-finetune", "naive fine-tuning (SGD, 0.01)"),
+    )
+    return [
+        (label, run_protocol(run_dir, "class-incremental", learner, STREAM_CLASSES,
+                             STREAM_SEEDS).summary())
+        for learner, label in learners
+    ]  # fmt: skip
+
+
+def demo_plot(
+    out: Path,
+    rows: list[tuple[str, str, int, Any]],
+    streams: list[tuple[str, dict[str, Any]]],
+    seed: int,
+) -> Path:
+    """Test accuracies with their CIs, validation curves, one adapted sinusoid, and the
+    accuracy on all classes seen against classes learned."""
     import csv
 
     import matplotlib
@@ -115,7 +154,7 @@ def demo_plot(out: Path, rows: list[tuple[str, str, int, Any]], seed: int) -> Pa
     from lifelong.api import load
     from lifelong.pipeline.data import load_data
 
-    fig, (bars, curves, wave) = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, (bars, curves, wave, stream) = plt.subplots(1, 4, figsize=(20, 4.2))
     strokes = [r for r in rows if r[1] == "strokes"]
     bars.bar(
         range(len(strokes)),
@@ -158,6 +197,16 @@ def demo_plot(out: Path, rows: list[tuple[str, str, int, Any]], seed: int) -> Pa
                  color="tab:red", zorder=3, label="support (10 shots)")  # fmt: skip
     wave.set(xlabel="x", ylabel="y", title="sinusoid regression: one new task")
     wave.legend(fontsize=8)
+    for (label, summary), color in zip(streams, ("tab:blue", "tab:red"), strict=True):
+        seen = [int(n) for n in summary["accuracy_by_classes"]]
+        mean = torch.tensor([summary["accuracy_by_classes"][str(n)] for n in seen]) * 100
+        ci = torch.tensor([summary["ci95"][str(n)] or 0.0 for n in seen]) * 100
+        stream.plot(seen, mean, color=color, label=label)
+        stream.fill_between(seen, mean - ci, mean + ci, color=color, alpha=0.2)
+    title = f"lifelong: new strokes classes one by one ({STREAM_SEEDS} seeds)"
+    stream.set(xlabel="classes learned", ylabel="accuracy on all seen (%)", ylim=(0, 100),
+               title=title)  # fmt: skip
+    stream.legend(fontsize=8)
     fig.tight_layout()
     path = out / "demo.png"
     fig.savefig(path, dpi=110)

@@ -188,14 +188,22 @@ def test_python_dash_m_runs_the_same_cli():
 
 @pytest.mark.slow
 def test_demo_writes_a_table_and_a_plot(tmp_path, capsys, monkeypatch):
-    small = {"dataset_options": {"classes": {"train": 40, "val": 10, "test": 10}, "per_class": 8}}
+    small = {"dataset_options": {"classes": {"train": 40, "val": 10, "test": 10}, "per_class": 20}}
     runs = [r._replace(options={**r.options, **small}) if r.options["dataset"] == "strokes" else r
             for r in lifelong.demo.DEMO_RUNS]  # fmt: skip
     monkeypatch.setattr(lifelong.demo, "DEMO_RUNS", tuple(runs))  # fewer classes to generate
+    monkeypatch.setattr(lifelong.demo, "STREAM_CLASSES", 6)
+    monkeypatch.setattr(lifelong.demo, "STREAM_SEEDS", 2)
     code, out, _ = cli(capsys, "demo", "--minutes", "0.15", "--episodes", "20", "--out", tmp_path)
     assert code == 0
-    rows = json.loads((tmp_path / "demo.json").read_text())
+    summary = json.loads((tmp_path / "demo.json").read_text())
+    rows = [r for r in summary if "metric" in r]
+    streams = {r["method"]: r["stream"] for r in summary if "stream" in r}
     assert [r["metric"] for r in rows] == ["accuracy", "accuracy", "accuracy", "mse"]
+    assert len(streams) == 2 and all(
+        s["classes"] == 6 and s["seeds"] == 2 for s in streams.values()
+    )
+    assert "6 classes one by one" in out
     assert all(r["episodes"] == 20 and r["ci95"] is not None for r in rows)
     assert (tmp_path / "demo.png").stat().st_size > 10_000
     assert "ProtoNet" in out and "MAML" in out and "± " in out

@@ -48,7 +48,9 @@ def stream_command(
         int | None,
         typer.Option(
             help="Classes in the stream (task-sequence: tasks x 5; incremental-sine: "
-            "functions). Default: 600, 100 and 10."
+            "functions). Default: "
+            + ", ".join(f"{p.default_classes} ({n})" for n, p in PROTOCOLS.items())
+            + "."
         ),
     ] = None,
     seeds: Annotated[int, typer.Option(help="Streams (class orders), each a fresh learner.")] = 10,

@@ -17,6 +17,10 @@ trained run folder through :func:`run_protocol`:
     accuracy on all classes seen after 10, 50, 100, 200, 400 and 600 classes. Published at 600
     classes (as reported by Beaulieu et al. 2020): OML 18.2% (44.2% when only its last layer
     learns), ANML 63.8%, an i.i.d.-trained oracle 71%.
+``class-incremental``
+    the same on any image run: classes of the run's own ``split`` (default ``test``) learned
+    one after another, 15 images each, tested on 5 others; accuracy on all classes seen
+    after each class.
 ``task-sequence``
     successive 5-way 5-shot tasks with disjoint classes of the run's test split (15 test
     images per class), evaluated task-aware after every task: the accuracy matrix, backward
@@ -68,6 +72,8 @@ if TYPE_CHECKING:
 
 Stream = ClassStream | SineStream
 TASK_WAYS, TASK_SHOTS, TASK_QUERIES = 5, 5, 15
+CLASS_TRAIN, CLASS_TEST = 15, 5
+"""Images per class learned and tested by the class-incremental streams (continual Omniglot)."""
 
 
 # --------------------------------------------------------------------------- one seed
@@ -412,17 +418,12 @@ def run_protocol(
                     f"continual-omniglot streams the val or test classes, not {split!r}"
                 )
             dataset = lake[split]
-
-            def stream_for(seed: int) -> Stream:
-                return ClassStream(dataset, classes, 1, 15, 5, seed=seed)
-
         else:
             splits = load_data(trained.config).splits or {}
             if split not in splits:
-                raise ValueError(
-                    f"{trained.config.dataset} has no split {split!r} for a task sequence"
-                )
+                raise ValueError(f"{trained.config.dataset} has no split {split!r} to stream")
             dataset = splits[split]
+        if protocol == "task-sequence":
             if classes % TASK_WAYS:
                 raise ValueError(
                     f"a sequence of {TASK_WAYS}-way tasks needs a multiple of {TASK_WAYS} "
@@ -433,6 +434,11 @@ def run_protocol(
                 return task_sequence(
                     dataset, classes // TASK_WAYS, TASK_WAYS, TASK_SHOTS, TASK_QUERIES, seed=seed
                 )
+
+        else:
+
+            def stream_for(seed: int) -> Stream:
+                return ClassStream(dataset, classes, 1, CLASS_TRAIN, CLASS_TEST, seed=seed)
 
     stream_for(first_seed)  # bad sizes fail here, before any learning
     training = None

@@ -73,6 +73,7 @@ class Protocol:
 OMNIGLOT_REPORT = (10, 50, 100, 200, 400, 600)
 PROTOCOLS = {
     "continual-omniglot": Protocol("continual-omniglot", 600, OMNIGLOT_REPORT),
+    "class-incremental": Protocol("class-incremental", 50, None),
     "task-sequence": Protocol("task-sequence", 100, None),
     "incremental-sine": Protocol("incremental-sine", 10, None, regression=True),
 }
