@@ -72,7 +72,7 @@ class Gaussian(ClassModel):
         if not self.settings["strength"] > 1:
             raise ValueError(f"{self.name} strength must exceed 1, got {self.settings['strength']}")
 
-    def fit(self, stats: ClassStatistics) -> tuple[Tensor, Tensor, Tensor]:
+    def posterior(self, stats: ClassStatistics) -> tuple[Tensor, Tensor, Tensor]:
         """Means ``[K, D]`` and the posterior ``alpha_k [K, 1]``, ``beta_k [K, D]``."""
         alpha = self.settings["strength"]
         beta = (alpha - 1) * pooled_variance(stats)
@@ -80,13 +80,19 @@ class Gaussian(ClassModel):
         beta_k = beta + stats.deviations() / 2
         return stats.means(), alpha_k, beta_k
 
-    def scores(self, z: Tensor, fitted: tuple[Tensor, Tensor, Tensor]) -> Tensor:
-        means, alpha_k, beta_k = fitted
+    def fit(self, stats: ClassStatistics) -> tuple[Tensor, Tensor, Tensor]:
+        """The inverse variances ``[K, D]``, ``mean / variance`` and the per-class constant
+        ``sum mean^2 / variance + log variance`` ``[K]`` of the Gaussian log-likelihood."""
+        means, alpha_k, beta_k = self.posterior(stats)
         variance = beta_k / (alpha_k - 1)
         inverse = variance.reciprocal()
-        squared = (z * z) @ inverse.T - 2 * z @ (means * inverse).T
         constant = (means.square() * inverse).sum(1) + variance.log().sum(1)
-        return -0.5 * (squared + constant)
+        return inverse, means * inverse, constant
+
+    def scores(self, z: Tensor, fitted: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        inverse, scaled_means, constant = fitted
+        squared = torch.addmm(constant, z * z, inverse.T).sub_(2 * z @ scaled_means.T)
+        return squared.mul_(-0.5)
 
 
 class GaussianPredictive(Gaussian):
@@ -95,10 +101,15 @@ class GaussianPredictive(Gaussian):
     name = "gaussian-predictive"
     summary = "per-class diagonal Gaussians under a Gamma prior, predictive (GeMCL, 2021)"
 
-    def scores(self, z: Tensor, fitted: tuple[Tensor, Tensor, Tensor]) -> Tensor:
-        means, alpha_k, beta_k = fitted
+    def fit(self, stats: ClassStatistics) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Means, ``alpha_k + 1/2``, ``beta_k`` and the per-class constant of the Student-t."""
+        means, alpha_k, beta_k = self.posterior(stats)
         half = alpha_k + 0.5
         constant = (alpha_k * beta_k.log() - torch.lgamma(alpha_k) + torch.lgamma(half)).sum(1)
+        return means, half, beta_k, constant
+
+    def scores(self, z: Tensor, fitted: tuple[Tensor, Tensor, Tensor, Tensor]) -> Tensor:
+        means, half, beta_k, constant = fitted
         rows = max(1, ELEMENTS // max(1, means.numel()))
         parts = [
             constant - (half * (beta_k + (part.unsqueeze(1) - means).square() / 2).log()).sum(-1)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor
 
 from lifelong.algorithms.distances import Distance, check_distance, pairwise_distance
@@ -71,11 +72,18 @@ class NearestMean(ClassModel):
         extra = {"distance": self.distance, "p": self.p, "temperature": self.temperature}
         return {**super().config(), **extra}
 
-    def fit(self, stats: ClassStatistics) -> Tensor:
-        return stats.means()
+    def fit(self, stats: ClassStatistics) -> tuple[Tensor, Tensor]:
+        """The class means ``[K, D]`` and their squared norms ``[K]``."""
+        means = stats.means()
+        return means, means.square().sum(1)
 
-    def scores(self, z: Tensor, fitted: Tensor) -> Tensor:
-        return pairwise_distance(z, fitted, self.distance, self.p).div_(-self.temperature)
+    def scores(self, z: Tensor, fitted: tuple[Tensor, Tensor]) -> Tensor:
+        means, norms = fitted
+        if self.distance != "sqeuclidean":
+            return pairwise_distance(z, means, self.distance, self.p).div_(-self.temperature)
+        # ||z - c||^2 = ||z||^2 - 2 z.c + ||c||^2 with the norms of the means kept from fit
+        distances = torch.addmm(norms, z, means.T, alpha=-2).add_(z.square().sum(1, keepdim=True))
+        return distances.clamp_(min=0).div_(-self.temperature)
 
     def energies(self, logits: Tensor) -> Tensor:
         """The distances to the prototypes, in the run's units."""
@@ -84,4 +92,4 @@ class NearestMean(ClassModel):
     @property
     def prototypes(self) -> Tensor:
         """The class means ``[K, D]`` (zeros for classes not seen yet)."""
-        return self.fitted()
+        return self.fitted()[0]
