@@ -41,6 +41,12 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
     return stroke_images(tmp_path_factory.mktemp("images"), classes=3)
 
 
+def teach(recognizer: Recognizer, store: ClassStore, images, count: int = 4) -> None:
+    """Teach the store each class of ``images`` from its first ``count`` images."""
+    for name, paths in images.items():
+        recognizer.learn(store, name, [ImageFile.read(p) for p in paths[:count]])
+
+
 def support_and_queries(images):
     support = {name: paths[:4] for name, paths in images.items()}
     queries = [p for paths in images.values() for p in paths[4:]]
@@ -92,8 +98,7 @@ def test_every_classifier_is_calibrated(recognizer, tmp_path, classifier):
 
 def test_statistics_stay_exact_through_learn_and_forget(recognizer, images, tmp_path):
     with open_store(tmp_path / "s.db", recognizer, classifier="cl2n") as store:
-        for name, paths in images.items():
-            recognizer.learn(store, name, [ImageFile.read(p) for p in paths[:4]])
+        teach(recognizer, store, images)
         store.forget("class1")
         names, stats = store.statistics()
         examples = store.examples()
@@ -136,8 +141,7 @@ def test_a_store_refuses_another_classifier_and_migrate_changes_it(
 ):
     store_path = tmp_path / "s.db"
     with open_store(store_path, recognizer) as store:
-        for name, paths in images.items():
-            recognizer.learn(store, name, [ImageFile.read(p) for p in paths[:4]])
+        teach(recognizer, store, images)
     code, _, err = cli(
         capsys, "learn", recognizer.run_dir, images["class0"][5], "--store", store_path,
         "--class", "class0", "--classifier", "gaussian",
@@ -152,8 +156,7 @@ def test_a_store_refuses_another_classifier_and_migrate_changes_it(
         migrated = recognizer.recognize(store, queries)
         assert store.meta["calibration"]["threshold"] == store.meta["threshold"]
     with open_store(tmp_path / "fresh.db", recognizer, classifier="gaussian") as fresh:
-        for name, paths in images.items():
-            recognizer.learn(fresh, name, [ImageFile.read(p) for p in paths[:4]])
+        teach(recognizer, fresh, images)
         expected = recognizer.recognize(fresh, queries)
     for m, e in zip(migrated, expected, strict=True):
         assert m.nearest == e.nearest and m.probability == pytest.approx(e.probability, abs=1e-6)
@@ -166,8 +169,7 @@ def test_migrate_to_a_newer_run_re_embeds_the_kept_images(run_dir, images, tmp_p
     old = Recognizer.load(run_dir)
     store_path = tmp_path / "s.db"
     with open_store(store_path, old, classifier="slda") as store:
-        for name, paths in images.items():
-            old.learn(store, name, [ImageFile.read(p) for p in paths[:4]])
+        teach(old, store, images)
     report = migrate_store(store_path, newer)
     assert "3 classes, 12 examples re-embedded" in report and "classifier slda" in report
     new = Recognizer.load(newer)
@@ -176,8 +178,7 @@ def test_migrate_to_a_newer_run_re_embeds_the_kept_images(run_dir, images, tmp_p
         migrated = new.recognize(store, queries)
         assert store.meta["fingerprint"] == new.fingerprint
     with open_store(tmp_path / "fresh.db", new, classifier="slda") as fresh:
-        for name, paths in images.items():
-            new.learn(fresh, name, [ImageFile.read(p) for p in paths[:4]])
+        teach(new, fresh, images)
         expected = new.recognize(fresh, queries)
     for m, e in zip(migrated, expected, strict=True):
         assert m.nearest == e.nearest and m.probability == pytest.approx(e.probability, abs=1e-5)
