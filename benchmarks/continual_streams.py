@@ -19,8 +19,9 @@ hyper-parameters (the class's ``grid``, e.g. SLDA's shrinkage) are chosen on
 ``--select-seeds`` streams of the validation classes, in the same way as learning rates.
 
 The learning rate of an SGD learner is chosen, unless ``--lr`` is given, from ``--lr-grid`` by
-one stream of streams that are never reported: for image protocols the *validation* classes
-(Omniglot: Lake's 100 background validation characters, never used for meta-training by
+one stream of streams that are never reported: for image protocols a class-incremental stream
+of the run's own *validation* classes (Omniglot: Lake's 100 background validation characters
+with their rotations, 400 classes, never used for meta-training by
 ``configs/continual-omniglot-*.yaml``), for sine waves streams of other seeds (1000 on); the
 score is the metric after ``--val-classes`` classes (all functions for sine waves). The
 reported streams (seeds 0..seeds-1, test classes) are used once.
@@ -82,7 +83,7 @@ def select(
     for key, settings in candidates.items():
         result = run_protocol(
             run,
-            args.protocol,
+            args.protocol if sine else "class-incremental",
             learner,
             classes=None if sine else args.val_classes,
             seeds=seeds,
@@ -125,7 +126,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--lr", type=float, default=None, help="skip the search: this rate")
     parser.add_argument("--lr-grid", type=float, nargs="+", default=list(DEFAULT_GRID))
-    parser.add_argument("--val-classes", type=int, default=100)
+    parser.add_argument("--val-classes", type=int, default=400)
     parser.add_argument(
         "--select-seeds", type=int, default=3, help="validation streams per classifier setting"
     )

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -21,6 +22,27 @@ import typer
 # the names only (no torch): the learners and protocols are imported when the command runs
 from lifelong.continual.classifiers.registry import DEFAULT_CLASSIFIER, classifier_names
 from lifelong.continual.registry import LEARNERS, PROTOCOLS
+
+
+def positive(value: float | None) -> float | None:
+    """An option that is a finite number above 0 (or not given)."""
+    if value is not None and not 0 < value < math.inf:
+        raise typer.BadParameter(f"must be a positive number, got {value}")
+    return value
+
+
+def finite_options(items: list[str] | None) -> list[str] | None:
+    """``--classifier-option KEY=NUMBER`` items: NaN and infinite numbers are refused (other
+    malformed items are explained by ``parse_options``)."""
+    for item in items or []:
+        try:
+            number = float(item.partition("=")[2])
+        except ValueError:
+            continue
+        if not math.isfinite(number):
+            raise typer.BadParameter(f"{item!r}: the number must be finite")
+    return items
+
 
 ClassifierOption = Annotated[
     str | None,
@@ -34,7 +56,9 @@ ClassifierOption = Annotated[
 ClassifierOptions = Annotated[
     list[str] | None,
     typer.Option(
-        "--classifier-option", help="A class model's hyper-parameter, KEY=NUMBER (repeatable)."
+        "--classifier-option",
+        help="A class model's hyper-parameter, KEY=NUMBER (repeatable).",
+        callback=finite_options,
     ),
 ]
 
@@ -50,10 +74,13 @@ def stream_command(
             help="Classes in the stream (task-sequence: tasks x 5; incremental-sine: "
             "functions). Default: "
             + ", ".join(f"{p.default_classes} ({n})" for n, p in PROTOCOLS.items())
-            + "."
+            + ".",
+            min=1,
         ),
     ] = None,
-    seeds: Annotated[int, typer.Option(help="Streams (class orders), each a fresh learner.")] = 10,
+    seeds: Annotated[
+        int, typer.Option(help="Streams (class orders), each a fresh learner.", min=1)
+    ] = 10,
     learner: Annotated[
         str, typer.Option(help="; ".join(f"{k}: {v}" for k, v in LEARNERS.items()) + ".")
     ] = "prototypes",
@@ -63,15 +90,23 @@ def stream_command(
     ] = DEFAULT_CLASSIFIER,
     classifier_option: Annotated[
         list[str] | None,
-        typer.Option(help="prototypes: a class model's hyper-parameter, KEY=NUMBER (repeatable)."),
+        typer.Option(
+            help="prototypes: a class model's hyper-parameter, KEY=NUMBER (repeatable).",
+            callback=finite_options,
+        ),
     ] = None,
     lr: Annotated[
         float | None,
-        typer.Option(help="SGD learners: learning rate (default: an OML run's inner rate)."),
+        typer.Option(
+            help="SGD learners: learning rate (default: an OML run's inner rate).",
+            callback=positive,
+        ),
     ] = None,
     optimizer: Annotated[str, typer.Option(help="SGD learners: sgd or adam.")] = "sgd",
-    buffer: Annotated[int, typer.Option(help="replay: buffer capacity (examples).")] = 500,
-    replay_batch: Annotated[int, typer.Option(help="replay: buffer examples per update.")] = 10,
+    buffer: Annotated[int, typer.Option(help="replay: buffer capacity (examples).", min=1)] = 500,
+    replay_batch: Annotated[
+        int, typer.Option(help="replay: buffer examples per update.", min=1)
+    ] = 10,
     data_root: Annotated[
         str | None, typer.Option(help="Where the dataset is (Omniglot: its zips).")
     ] = None,

@@ -20,7 +20,7 @@ trained run folder through :func:`run_protocol`:
 ``class-incremental``
     the same on any image run: classes of the run's own ``split`` (default ``test``) learned
     one after another, 15 images each, tested on 5 others; accuracy on all classes seen
-    after each class.
+    after 1, 2, 5, 10, 20, 30... classes.
 ``task-sequence``
     successive 5-way 5-shot tasks with disjoint classes of the run's test split (15 test
     images per class), evaluated task-aware after every task: the accuracy matrix, backward

@@ -73,7 +73,7 @@ class Protocol:
 OMNIGLOT_REPORT = (10, 50, 100, 200, 400, 600)
 PROTOCOLS = {
     "continual-omniglot": Protocol("continual-omniglot", 600, OMNIGLOT_REPORT),
-    "class-incremental": Protocol("class-incremental", 50, None),
+    "class-incremental": Protocol("class-incremental", 50, (1, 2, 5, *range(10, 10_001, 10))),
     "task-sequence": Protocol("task-sequence", 100, None),
     "incremental-sine": Protocol("incremental-sine", 10, None, regression=True),
 }
