@@ -127,7 +127,7 @@ def main() -> None:
         "examples_per_class": SHOTS,
         "rows": [],
     }
-    with tempfile.TemporaryDirectory(dir=".") as folder:
+    with tempfile.TemporaryDirectory() as folder:
         for name in args.classifiers:
             report["rows"] += measure(name, sorted(args.sizes), args.probe, Path(folder))
             Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
