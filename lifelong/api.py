@@ -123,9 +123,6 @@ class Learner:
             image = item
         else:
             image = open_image(item)
-        if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-            white = Image.new("RGBA", image.size, (255, 255, 255, 255))
-            image = Image.alpha_composite(white, image.convert("RGBA"))
         pixels = to_tensor(image, (height, width), channels)
         background = self.facts.background
         if channels == 1 and background and background_of(pixels[None]) != background:
@@ -171,6 +168,11 @@ class Learner:
             if len(labels) != x.shape[0]:
                 raise ValueError(f"{x.shape[0]} support images but {len(labels)} labels")
             self.classes = list(dict.fromkeys(str(label) for label in labels))
+            if len(self.classes) < 2:
+                raise ValueError(
+                    f"the support set has one class ({self.classes[0]!r}): give examples of at "
+                    "least 2 classes, one to tell apart from the other"
+                )
             y = torch.tensor([self.classes.index(str(label)) for label in labels])
             if self.run.algorithm.fixed_head and len(self.classes) != self.config.ways:
                 raise ValueError(
@@ -229,6 +231,11 @@ def image_folder(folder: str | Path) -> tuple[list[Path], list[str]]:
     """The images and labels of a support folder with one sub-folder per class
     (``support/alpha/1.png``, ``support/beta/1.png`` -> labels ``alpha``, ``beta``)."""
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(
+            f"support {str(folder)!r} is a file: give a folder with one sub-folder of images "
+            "per class"
+        )
     if not folder.is_dir():
         raise FileNotFoundError(f"support folder {str(folder)!r} does not exist")
     paths: list[Path] = []

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from lifelong.data.cache import cached, files_fingerprint
 from lifelong.data.classes import ClassDataset, ClassInfo, split_indices
-from lifelong.data.images import IMAGE_SUFFIXES, Size, decode_classes
+from lifelong.data.images import DECODING, IMAGE_SUFFIXES, Size, decode_classes
 
 SPLITS = ("train", "val", "test")
 
@@ -121,7 +121,7 @@ def load_folder(
     everything = cached(
         "folder",
         files_fingerprint(source, root),
-        {"image_size": size, "channels": channels},
+        {"image_size": size, "channels": channels, "decoding": DECODING},
         build,
         cache_dir,
         origin=str(root),

@@ -4,7 +4,15 @@ Every real-image loader of :mod:`lifelong.data` goes through :func:`decode_image
 buffer), :func:`decode_classes` (files grouped by class, into a :class:`ClassDataset`) or
 :func:`resize_batch` (arrays already in memory, e.g. CIFAR), so all datasets share one
 resampling filter: Pillow's LANCZOS (a windowed sinc, ``a = 3``), applied only when the size
-changes. Grayscale images have ``C = 1``, colour images ``C = 3`` (alpha is dropped).
+changes. Grayscale images have ``C = 1``, colour images ``C = 3``; transparent pixels are
+composited onto white (so black ink on a transparent background stays black on white).
+
+Large files are never held at full resolution longer than their decoding: a JPEG is decoded
+at a reduced scale (Pillow's ``draft``), other formats are reduced by an integer factor (a box
+filter, Pillow's ``reduce``) right after decoding, in both cases to no less than
+:data:`DECODE_SIDE` pixels on the shorter side, before the LANCZOS resize to model size. The
+same file thus gives the same pixels for training (datasets), ``lifelong predict`` and the
+class store.
 
 Example:
     >>> from PIL import Image
@@ -34,12 +42,25 @@ IMAGE_SUFFIXES = frozenset(
 )
 #: Pillow modes decoded as one channel (everything else becomes RGB).
 GRAYSCALE_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
+#: Images are decoded at no less than this many pixels on their shorter side (module doc): the
+#: most that a model input may have without losing detail.
+DECODE_SIDE = 512
+#: Part of the keys of cached decoded datasets; bumped when a file decodes to other pixels
+#: (2: transparency composited onto white, large images reduced while decoding).
+DECODING = 2
+#: Pillow modes that ``Image.reduce`` averages correctly (others are converted first).
+REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "I", "F"})
 
 Size = int | tuple[int, int]
+Source = str | Path | bytes | BinaryIO
 
 
 class ImageDecodeError(ValueError):
     """An image file or buffer that Pillow cannot decode (corrupted, truncated, not an image)."""
+
+
+class ImageTooLarge(ImageDecodeError):
+    """An image with more pixels than allowed (a decompression bomb, or just too big)."""
 
 
 def _size_hw(size: Size) -> tuple[int, int]:
@@ -61,7 +82,8 @@ def to_tensor(
     ``(H, W)``) with the LANCZOS filter; the aspect ratio is not kept.
 
     Args:
-        image: any Pillow image; 1-bit, 16-bit and float grayscale become 8-bit ``"L"``.
+        image: any Pillow image; 1-bit, 16-bit and float grayscale become 8-bit ``"L"``,
+            transparent pixels are composited onto white.
         size: the output size.
         channels: 1 (grayscale) or 3 (RGB); ``None`` keeps the image's own kind.
         invert: ``255 - x``, e.g. so that Omniglot's black strokes become bright (ink = 1).
@@ -70,6 +92,9 @@ def to_tensor(
         raise ValueError(f"channels must be 1, 3 or None, got {channels!r}")
     channels = channels or native_channels(image)
     h, w = _size_hw(size)
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, image.convert("RGBA"))
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         image = Image.fromarray(_to_uint8(np.asarray(image)))
     image = image.convert("L" if channels == 1 else "RGB")
@@ -91,22 +116,65 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
     return (np.clip(array, 0, top) * (255.0 / top)).round().astype(np.uint8)
 
 
-def open_image(source: str | Path | bytes | BinaryIO, name: str | None = None) -> Image.Image:
-    """Open and fully decode an image, raising :class:`ImageDecodeError` that names ``name``
-    (or the path) when the data is not a readable image."""
-    label = name or (str(source) if isinstance(source, str | Path) else "<image bytes>")
+def open_header(source: Source, name: str | None = None) -> Image.Image:
+    """An image opened lazily (its header read, its pixels not decoded; close it after use),
+    with :class:`ImageTooLarge` for a decompression bomb and :class:`ImageDecodeError`, naming
+    ``name`` (or the path), for data that is not a readable image."""
+    label = _label(source, name)
     try:
-        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-        image.load()
+        return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
     except FileNotFoundError:
         raise
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as err:
+    except Image.DecompressionBombError as err:
+        raise ImageTooLarge(f"image {label} is too large: {err}") from err
+    except UnidentifiedImageError as err:
+        raise ImageDecodeError(
+            f"cannot decode image {label}: {label} is not an image (in a format Pillow reads)"
+        ) from err
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise ImageDecodeError(f"cannot decode image {label}: {err}") from err
-    return image
+
+
+def open_image(
+    source: Source, name: str | None = None, max_pixels: int | None = None
+) -> Image.Image:
+    """Decode an image at no less than :data:`DECODE_SIDE` pixels on its shorter side (see
+    the module doc), with the errors of :func:`open_header`; :class:`ImageTooLarge` if it has
+    more than ``max_pixels`` pixels (checked on the header, before decoding)."""
+    label = _label(source, name)
+    image = open_header(source, name)
+    width, height = image.size
+    if max_pixels is not None and width * height > max_pixels:
+        image.close()
+        raise ImageTooLarge(
+            f"image {label} has {width}x{height} pixels, more than the {max_pixels:,} allowed"
+        )
+    try:
+        image.draft(None, (DECODE_SIDE, DECODE_SIDE))  # JPEG: decoded at 1/2, 1/4 or 1/8
+        image.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        raise ImageDecodeError(f"cannot decode image {label}: {err}") from err
+    factor = min(image.size) // DECODE_SIDE
+    return _reducible(image).reduce(factor) if factor > 1 else image
+
+
+def _reducible(image: Image.Image) -> Image.Image:
+    """``image`` in a mode whose pixel values ``Image.reduce`` may average (not palette
+    indices or bits)."""
+    if image.mode in REDUCIBLE_MODES:
+        return image
+    if image.mode == "1" or image.mode.startswith("I;16"):
+        return image.convert("L" if image.mode == "1" else "I")
+    alpha = image.mode == "PA" or "transparency" in image.info
+    return image.convert("RGBA" if alpha else "RGB")
+
+
+def _label(source: Source, name: str | None) -> str:
+    return name or (str(source) if isinstance(source, str | Path) else "<image bytes>")
 
 
 def decode_image(
-    source: str | Path | bytes | BinaryIO,
+    source: Source,
     size: Size,
     channels: int | None = None,
     invert: bool = False,
@@ -164,14 +232,10 @@ def decode_classes(
     if channels is None:
         channels = 1
         for f in flat:
-            data, label = source(f)
-            try:
-                with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
-                    if native_channels(img) == 3:
-                        channels = 3
-                        break
-            except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-                raise ImageDecodeError(f"cannot decode image {label}: {err}") from err
+            with open_header(*source(f)) as img:
+                if native_channels(img) == 3:
+                    channels = 3
+                    break
     h, w = _size_hw(size)
     images = torch.empty((len(flat), channels, h, w), dtype=torch.uint8)
     for i, f in enumerate(tqdm(flat, desc=f"{name}: decoding", unit="img", leave=False)):

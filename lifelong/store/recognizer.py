@@ -29,7 +29,6 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 import threading
 from collections.abc import Callable, Sequence
@@ -38,23 +37,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor, nn
 
 from lifelong.algorithms.registry import algorithm_classes
 from lifelong.api import Learner, load
 from lifelong.continual.classifiers.base import ClassModel
 from lifelong.continual.classifiers.registry import build_classifier, classifier_class
-from lifelong.data.images import ImageDecodeError, open_image
+from lifelong.data.images import ImageTooLarge as ImageTooLarge  # re-exported for the store
+from lifelong.data.images import open_image
 from lifelong.pipeline.data import load_data
 from lifelong.store.calibration import calibrate
 from lifelong.store.db import Added, ClassStore, EmptyStore, ExampleFile, StoreError
 
 MAX_PIXELS = 40_000_000
-
-
-class ImageTooLarge(ValueError):
-    """An image with more pixels than allowed (a decompression bomb, or just too big)."""
 
 
 @dataclass(frozen=True)
@@ -73,26 +69,11 @@ class ImageFile:
         return hashlib.sha256(self.data).hexdigest()
 
     def decode(self, max_pixels: int = MAX_PIXELS) -> Image.Image:
-        """The decoded image; :class:`ImageDecodeError` if it is not an image,
-        :class:`ImageTooLarge` if it has more than ``max_pixels`` pixels (checked on the
-        header, before decoding)."""
-        try:
-            with Image.open(io.BytesIO(self.data)) as probe:
-                width, height = probe.size
-        except Image.DecompressionBombError as err:
-            raise ImageTooLarge(f"image {self.name} is too large: {err}") from err
-        except UnidentifiedImageError as err:
-            raise ImageDecodeError(
-                f"{self.name} is not an image (in a format Pillow reads)"
-            ) from err
-        except (OSError, SyntaxError, ValueError, EOFError) as err:
-            raise ImageDecodeError(f"{self.name} is not an image Pillow can read ({err})") from err
-        if width * height > max_pixels:
-            raise ImageTooLarge(
-                f"image {self.name} has {width}x{height} pixels, more than the {max_pixels:,} "
-                "allowed"
-            )
-        return open_image(self.data, self.name)
+        """The image, decoded as :func:`~lifelong.data.images.open_image` does (large images
+        reduced while decoding); :class:`~lifelong.data.images.ImageDecodeError` if it is not
+        an image, :class:`ImageTooLarge` if it has more than ``max_pixels`` pixels (checked
+        on the header, before decoding)."""
+        return open_image(self.data, self.name, max_pixels)
 
 
 @dataclass(frozen=True)
