@@ -5,7 +5,8 @@ serve.
 Every command turns bad input (an unknown option value, settings that do not fit together or
 do not fit the data, a missing run folder, an unreadable image...) into one line on stderr and
 exit status 1, without a traceback (set ``LIFELONG_DEBUG=1`` to see it); usage errors exit
-with 2.
+with 2; ``train`` stopped by SIGTERM or Ctrl-C checkpoints its step, says how to resume and
+exits with 128 + the signal's number.
 
 Example:
     $ lifelong train --algorithm protonet --dataset strokes --ways 5 --shots 1 --out runs/p
@@ -50,16 +51,13 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
-OPTIONS = {f.name for f in fields(RunConfig)}
+FLAGS = {f.name: f"--{f.name.replace('_', '-')}" for f in fields(RunConfig)}
+FLAGS["dataset_options"] = "--dataset-option"
 
 
 def as_flags(message: str) -> str:
     """A library message with its options (written `name`) as the command line's flags."""
-    return re.sub(
-        r"`([a-z_]+)`",
-        lambda m: f"--{m[1].replace('_', '-')}" if m[1] in OPTIONS else m[0],
-        message,
-    )
+    return re.sub(r"`([a-z_]+)`", lambda m: FLAGS.get(m[1], m[0]), message)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -75,16 +73,19 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except (ValueError, OSError, RuntimeError) as err:
+        code = 1
         if isinstance(err, RuntimeError):  # torch is loaded when training raises
-            from lifelong.pipeline.train import TrainingDiverged
+            from lifelong.pipeline.train import TrainingDiverged, TrainingInterrupted
 
-            if not isinstance(err, TrainingDiverged):
+            if isinstance(err, TrainingInterrupted):
+                code = 128 + err.signum  # as if the signal had ended the process
+            elif not isinstance(err, TrainingDiverged):
                 raise
         if os.environ.get("LIFELONG_DEBUG"):
             raise
         if isinstance(err, OSError) and err.strerror and err.filename:
             raise fail(f"{err.strerror}: {err.filename}") from None
-        raise fail(str(err) or type(err).__name__) from None
+        raise fail(str(err) or type(err).__name__, code) from None
     except KeyboardInterrupt:
         raise fail("interrupted", code=130) from None
 

@@ -35,6 +35,31 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str
     return exit_.value.code, out.out, out.err
 
 
+def files_of(*roots: Path) -> dict[str, bytes]:
+    """Every file under ``roots`` (files or folders) with its bytes."""
+    paths = [p for r in roots for p in ([r] if r.is_file() else sorted(r.rglob("*")))]
+    return {str(p): p.read_bytes() for p in paths if p.is_file()}
+
+
+def refused(
+    capsys: pytest.CaptureFixture[str],
+    args: list[str | Path],
+    code: int,
+    message: str,
+    watched: tuple[Path, ...] = (),
+) -> str:
+    """Run ``lifelong ARGS``, which must exit with ``code``, print nothing on stdout and one
+    line ``error: ...`` with ``message`` (no traceback) on stderr, and leave every file under
+    ``watched`` as it was (none made, changed or removed); returns that line."""
+    before = files_of(*watched)
+    got, out, err = cli(capsys, *args)
+    assert (got, out) == (code, ""), (args, got, out, err)
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert message in err, (args, err)
+    assert files_of(*watched) == before, args
+    return err
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "run"

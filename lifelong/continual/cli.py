@@ -103,7 +103,7 @@ def stream_command(
         ),
     ] = None,
     optimizer: Annotated[str, typer.Option(help="SGD learners: sgd or adam.")] = "sgd",
-    buffer: Annotated[int, typer.Option(help="replay: buffer capacity (examples).", min=1)] = 500,
+    buffer: Annotated[int, typer.Option(help="replay: buffer capacity (examples).")] = 500,
     replay_batch: Annotated[
         int, typer.Option(help="replay: buffer examples per update.", min=1)
     ] = 10,

@@ -162,19 +162,38 @@ def _split_sizes(
     classes: int | Mapping[str, int], fractions: tuple[float, float, float]
 ) -> dict[str, int]:
     """The number of classes of each split."""
+    counts = classes.values() if isinstance(classes, Mapping) else [classes]
+    if not all(_whole(n) for n in counts):
+        raise ValueError(
+            "classes must be a number of classes or one per split, e.g. "
+            f"{{train: 20, val: 8, test: 8}}; got {classes!r}"
+        )
+    if not isinstance(fractions, list | tuple) or not all(
+        isinstance(f, int | float) and not isinstance(f, bool) for f in fractions
+    ):
+        raise ValueError(f"fractions must be 3 non-negative numbers, got {fractions!r}")
     if isinstance(classes, Mapping):
         unknown = sorted(set(classes) - set(SPLITS))
         if unknown:
             raise ValueError(f"unknown splits {unknown}; the splits are {SPLITS}")
         sizes = {name: int(classes.get(name, 0)) for name in SPLITS}
-    else:
-        if len(fractions) != 3 or min(fractions) < 0 or sum(fractions) <= 0:
-            raise ValueError(f"fractions must be 3 non-negative numbers, got {fractions}")
-        train, val = (round(classes * f / sum(fractions)) for f in fractions[:2])
-        sizes = {"train": train, "val": val, "test": classes - train - val}
-    if min(sizes.values()) < 0 or sum(sizes.values()) < 1:
-        raise ValueError(f"cannot make splits of {sizes} classes")
-    return sizes
+        negative = {name: n for name, n in sizes.items() if n < 0}
+        if negative:
+            raise ValueError(f"cannot make splits of a negative number of classes: {negative}")
+        if sum(sizes.values()) < 1:
+            raise ValueError(f"cannot make splits of no classes: {dict(classes)}")
+        return sizes
+    if len(fractions) != 3 or min(fractions) < 0 or sum(fractions) <= 0:
+        raise ValueError(f"fractions must be 3 non-negative numbers, got {fractions}")
+    if classes < 1:
+        raise ValueError(f"cannot make splits of {classes} classes: give at least 1")
+    train = round(classes * fractions[0] / sum(fractions))
+    val = min(round(classes * fractions[1] / sum(fractions)), classes - train)  # both rounded up
+    return {"train": train, "val": val, "test": classes - train - val}
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def load_strokes(
@@ -204,10 +223,15 @@ def load_strokes(
         >>> splits = load_strokes({"train": 64, "test": 16}, per_class=20, seed=3)
         >>> sampler = EpisodeSampler(splits["train"], ways=5, shots=1, queries=15)
     """
+    for name, value in (("per_class", per_class), ("image_size", image_size), ("seed", seed)):
+        if not _whole(value):
+            raise ValueError(f"{name} must be a whole number, got {value!r}")
     if per_class < 1 or image_size < 4:
         raise ValueError(
             f"per_class must be >= 1 and image_size >= 4, got {per_class} and {image_size}"
         )
+    if style is not None and not isinstance(style, StrokeStyle):
+        raise ValueError(f"style must be a StrokeStyle (from Python), got {style!r}")
     sizes = _split_sizes(classes, fractions)
     style = style or StrokeStyle()
     total = sum(sizes.values())

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import Tensor
@@ -148,6 +149,11 @@ def load_checkpoint(run_dir: str | Path, tag: str = "last") -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {str(index)!r} is unreadable: {err}") from err
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{str(index)!r} is not a {FORMAT} checkpoint")
+    missing = [k for k in ("tensors", "sha256") if not isinstance(meta.get(k), str)]
+    if missing or "state" not in meta:
+        raise CheckpointError(
+            f"checkpoint {str(index)!r} is incomplete (no {', '.join(missing or ['state'])})"
+        )
     weights = run_dir / Path(meta["tensors"]).name
     try:
         data = weights.read_bytes()
@@ -155,4 +161,10 @@ def load_checkpoint(run_dir: str | Path, tag: str = "last") -> dict[str, Any]:
         raise CheckpointError(f"checkpoint tensors {str(weights)!r} missing: {err}") from err
     if hashlib.sha256(data).hexdigest() != meta["sha256"]:
         raise CheckpointError(f"checkpoint tensors {str(weights)!r} are corrupted (hash mismatch)")
-    return decode(meta["state"], load_tensors(data))
+    try:
+        return decode(meta["state"], load_tensors(data))
+    except (SafetensorError, KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"checkpoint {str(index)!r} does not match its tensors {weights.name!r} "
+            f"({type(err).__name__}: {err})"
+        ) from None

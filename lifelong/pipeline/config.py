@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import re
 import typing
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -227,11 +228,7 @@ class RunConfig:
                     raise ConfigError(f"`{f.name}` must be 0 or more, got {value!r}")
                 if bound == "positive" and item <= 0:
                     raise ConfigError(f"`{f.name}` must be positive, got {value!r}")
-        if self.device not in DEVICES and not re.fullmatch(r"cuda:\d+", self.device):
-            raise ConfigError(
-                f"`device` must be one of {', '.join(DEVICES)} or cuda:INDEX (e.g. cuda:1); "
-                f"got {self.device!r}"
-            )
+        check_device(self.device)
         if self.hidden is not None and not self.hidden:
             raise ConfigError(f"`hidden` must be positive widths, got {self.hidden!r}")
 
@@ -340,6 +337,15 @@ class RunConfig:
         atomic_write(Path(path), self.to_yaml().encode())
 
 
+def check_device(name: str) -> None:
+    """Refuse a device name that is not one of :data:`DEVICES` or ``cuda:INDEX``."""
+    if name not in DEVICES and not re.fullmatch(r"cuda:\d+", name):
+        raise ConfigError(
+            f"`device` must be one of {', '.join(DEVICES)} or cuda:INDEX (e.g. cuda:1); "
+            f"got {name!r}"
+        )
+
+
 def _coerce(name: str, value: Any, hint: Any) -> Any:
     """``value`` as the type ``hint`` of option ``name`` (YAML reads ``1e-3`` as a string and
     ``7e4`` needs to become an int), or :class:`ConfigError`."""
@@ -356,7 +362,12 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     if typing.get_origin(kind) is tuple:
         items = value.split(",") if isinstance(value, str) else value
         items = items if isinstance(items, list | tuple) else [items]
-        return tuple(_coerce(name, item, int) for item in items)
+        try:
+            return tuple(_coerce(name, item, int) for item in items)
+        except ConfigError:
+            raise ConfigError(
+                f"`{name}` must be whole numbers separated by commas, e.g. 40,40; got {value!r}"
+            ) from None
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -370,6 +381,8 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
             return int(number)
     elif kind is float:
         number = _number(value)
+        if number is not None and not math.isfinite(number):
+            raise ConfigError(f"`{name}` must be a finite number, got {value!r}")
         if number is not None:
             return float(number)
     elif kind is str and isinstance(value, str):

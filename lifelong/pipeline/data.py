@@ -102,6 +102,12 @@ class Data:
         )
         if self.splits is None:
             return SinusoidSampler(shots, queries, seed=seed, stream=stream)
+        if ways < 2 and split != self.config.train_split:
+            option = "ways" if self.config.test_ways is None else "test_ways"
+            raise ConfigError(
+                f"`{option}` {ways}: a classification task needs at least 2 classes to tell "
+                f"apart (episodes of split {split!r})"
+            )
         if split not in self.splits:
             raise ConfigError(
                 f"dataset {self.config.dataset!r} has no split {split!r}; "

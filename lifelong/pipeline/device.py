@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lifelong.pipeline.config import ConfigError
+from lifelong.pipeline.config import ConfigError, check_device
 
 
 def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
@@ -17,6 +17,7 @@ def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
         >>> resolve_device("auto")                 # device(type='cpu') on a machine without CUDA
         >>> resolve_device("cuda", local_rank=3)   # device(type='cuda', index=3)
     """
+    check_device(name)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)

@@ -137,7 +137,7 @@ def evaluate_run(
     data = load_data(trained.config)
     trained.check_data(data.facts)
     device_ = resolve_device(trained.config.device)
-    n = episodes or episode_count(trained.config)
+    n = episode_count(trained.config) if episodes is None else episodes
     fixed = data.sampler(split, seed=seed).fixed(n, seed=seed)
     algorithm = trained.algorithm.to(device_)
 

@@ -58,6 +58,12 @@ def check_config(cfg: RunConfig, facts: DataFacts) -> None:
                 f"`backbone` {cfg.backbone} needs images, but {cfg.dataset} has 1-d inputs: "
                 "use `backbone` mlp"
             )
+    trained_on = (facts.classes or {}).get(cfg.train_split)
+    if not facts.regression and trained_on is not None and trained_on < 2:
+        raise ConfigError(
+            f"split {cfg.train_split!r} of {cfg.dataset} has {trained_on} class: a "
+            "classification task needs at least 2 classes to tell apart"
+        )
     if cfg.strided and cfg.backbone != "conv4":
         raise ConfigError(f"`strided` applies to the conv4 backbone only, not to {cfg.backbone}")
     if cfg.hidden is not None:

@@ -8,7 +8,9 @@ iterations the algorithm is evaluated on a *fixed* set of validation episodes an
 checkpoint is kept; every ``checkpoint_every`` iterations the full state (weights, optimiser,
 schedule, every random state) is saved, so ``resume`` continues a killed run to exactly the
 parameters of an uninterrupted one. A non-finite loss or gradient stops the run with
-:class:`TrainingDiverged`, leaving the last good checkpoint untouched.
+:class:`TrainingDiverged`, leaving the last good checkpoint untouched; SIGTERM or SIGINT
+(Ctrl-C) stops it at the end of the current step with a checkpoint of that step
+(:class:`TrainingInterrupted`, which says how to resume).
 
 Files in the run folder: ``config.yaml`` (the resolved settings), ``metrics.csv`` (one row per
 iteration and per validation), ``last.json``/``best.json`` with their tensor files
@@ -33,8 +35,11 @@ import csv
 import math
 import os
 import random
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -52,6 +57,7 @@ from lifelong.data.episodes import TaskSampler
 from lifelong.files import atomic_write
 from lifelong.pipeline.allocator import keep_freed_memory
 from lifelong.pipeline.checkpoint import (
+    CheckpointError,
     has_checkpoint,
     load_checkpoint,
     rng_state,
@@ -92,6 +98,47 @@ RESUMABLE = (
 
 class TrainingDiverged(RuntimeError):
     """The meta-loss or its gradient became NaN or infinite."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM or SIGINT (Ctrl-C) stopped the run at the end of a step, after a checkpoint of
+    that step; ``signum`` is the signal's number."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextmanager
+def stop_requests() -> Iterator[list[int]]:
+    """Inside, SIGTERM and SIGINT are noted in the yielded list instead of stopping the
+    process, so that training can checkpoint at the end of its step; a second signal acts as
+    it did before (outside the main thread, where no handler can be set, nothing is noted)."""
+    caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    previous = {s: h for s, h in previous.items() if h is not signal.SIG_IGN}  # (nohup)
+
+    def restore() -> None:
+        for s, handler in previous.items():
+            if handler is not None:
+                signal.signal(s, handler)
+
+    def note(signum: int, frame: object) -> None:
+        caught.append(signum)
+        restore()
+
+    for s in previous:
+        signal.signal(s, note)
+    try:
+        yield caught
+    finally:
+        restore()
 
 
 @dataclass
@@ -257,7 +304,20 @@ class Trainer:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; a run saved by ``n`` processes resumes on ``n``."""
+        """Restore :meth:`state_dict`; a run saved by ``n`` processes resumes on ``n``. A
+        state that does not fit this run is a :class:`CheckpointError`."""
+        try:
+            self._restore(state)
+        except ConfigError:
+            raise
+        except (KeyError, TypeError, IndexError, ValueError, RuntimeError) as err:
+            first = (str(err).strip().splitlines() or [""])[0]
+            raise CheckpointError(
+                f"the last checkpoint of {str(self.run_dir)!r} does not fit its run "
+                f"({type(err).__name__}: {first})"
+            ) from None
+
+    def _restore(self, state: dict[str, Any]) -> None:
         ranks = state.get("ranks", [{"sampler": state["sampler"], "rng": state["rng"]}])
         if len(ranks) != self.world.size:
             raise ConfigError(
@@ -268,6 +328,14 @@ class Trainer:
         own = ranks[self.world.rank]
         self.algorithm.load_state_dict(state["algorithm"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                for key, value in self.optimizer.state.get(p, {}).items():
+                    if value.dim() and value.shape != p.shape:
+                        raise ValueError(
+                            f"optimizer {key} of shape {tuple(value.shape)} for a parameter "
+                            f"of shape {tuple(p.shape)}"
+                        )
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(own["sampler"])
         set_rng_state(own["rng"])
@@ -311,6 +379,17 @@ class Trainer:
         raise TrainingDiverged(
             f"training diverged at iteration {self.step + 1}: {what}; {last}. "
             "Try a lower `meta_lr` or `inner_lr`, or `grad_clip`"
+        )
+
+    def _interrupted(self, signum: int) -> None:
+        """Checkpoint the step just finished (if not yet saved) and stop."""
+        if self.saved_step != self.step:
+            self.save("last")
+        run = str(self.run_dir)
+        raise TrainingInterrupted(
+            f"{signal.Signals(signum).name} stopped training at iteration {self.step}; the "
+            f"checkpoint is in {run}: continue with `lifelong train --out {run} --resume`",
+            signum,
         )
 
     def validate(self) -> Evaluation | None:
@@ -375,28 +454,31 @@ class Trainer:
         metric_name = "mse" if self.algorithm.regression else "acc"
         started, stopped_early, val = time.monotonic(), False, None
         try:
-            while self.step < cfg.iterations:
-                lr = self.optimizer.param_groups[0]["lr"]
-                loss, metric, norm = self.train_step()
-                self.step += 1
-                log.write(self.step, "train", loss=loss, metric=metric, grad_norm=norm, lr=lr)
-                finished = self.step == cfg.iterations
-                out_of_time = self.time_budget is not None and agree(
-                    time.monotonic() - started > self.time_budget  # rank 0's clock decides
-                )
-                if self.step % cfg.val_every == 0 or finished or out_of_time:
-                    val = self.validate() or val
+            with stop_requests() as stops:
+                while self.step < cfg.iterations:
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    loss, metric, norm = self.train_step()
+                    self.step += 1
+                    log.write(self.step, "train", loss=loss, metric=metric, grad_norm=norm, lr=lr)
+                    finished = self.step == cfg.iterations
+                    out_of_time = self.time_budget is not None and agree(
+                        time.monotonic() - started > self.time_budget  # rank 0's clock decides
+                    )
+                    if self.step % cfg.val_every == 0 or finished or out_of_time:
+                        val = self.validate() or val
+                        if val is not None:
+                            log.write(self.step, "val", metric=val.mean, ci95=val.ci95)
+                    if self.step % cfg.checkpoint_every == 0 or finished or out_of_time:
+                        self.save("last")
+                    postfix = {"loss": f"{loss:.4f}", metric_name: f"{metric:.4f}"}
                     if val is not None:
-                        log.write(self.step, "val", metric=val.mean, ci95=val.ci95)
-                if self.step % cfg.checkpoint_every == 0 or finished or out_of_time:
-                    self.save("last")
-                postfix = {"loss": f"{loss:.4f}", metric_name: f"{metric:.4f}"}
-                if val is not None:
-                    postfix["val"] = f"{val.mean:.4f}"
-                bar.advance(self.step, time.monotonic() - started, postfix)
-                if out_of_time:
-                    stopped_early = True
-                    break
+                        postfix["val"] = f"{val.mean:.4f}"
+                    bar.advance(self.step, time.monotonic() - started, postfix)
+                    if agree(bool(stops)) and not finished:  # rank 0's signal decides
+                        self._interrupted(stops[0] if stops else signal.SIGTERM)
+                    if out_of_time:
+                        stopped_early = True
+                        break
         finally:
             bar.close()
             log.close()

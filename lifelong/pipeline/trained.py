@@ -17,6 +17,9 @@ from lifelong.pipeline.config import ConfigError, RunConfig
 from lifelong.pipeline.data import DataFacts
 from lifelong.pipeline.factory import build_algorithm
 
+TAGS = ("best", "last")
+"""The checkpoints of a run folder."""
+
 
 @dataclass
 class Trained:
@@ -52,6 +55,10 @@ def load_trained(
     config (``test_ways``, ``eval_inner_steps``, ``data_root``...; ``None`` values are
     ignored)."""
     run_dir = Path(run_dir)
+    if tag not in TAGS:
+        raise CheckpointError(f"the checkpoint must be best or last, got {tag!r}")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CheckpointError(f"{str(run_dir)!r} is a file, not a run folder")
     if not run_dir.is_dir():
         raise CheckpointError(f"run folder {str(run_dir)!r} does not exist")
     if tag == "best" and not has_checkpoint(run_dir, "best"):
@@ -64,7 +71,7 @@ def load_trained(
         facts = DataFacts.from_dict(state["facts"])
         step = int(state["step"])
         weights = state["algorithm"]
-    except (KeyError, TypeError) as err:
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise CheckpointError(
             f"{str(run_dir)!r} holds a checkpoint this version cannot read ({err})"
         ) from err
@@ -72,9 +79,15 @@ def load_trained(
     algorithm = build_algorithm(config, facts)
     try:
         algorithm.load_state_dict(weights)
-    except RuntimeError as err:
+    except (RuntimeError, TypeError) as err:
         first = str(err).strip().splitlines()[0]
         raise CheckpointError(
             f"the checkpoint of {str(run_dir)!r} does not fit the model its config builds: {first}"
         ) from err
+    if not all(
+        t.isfinite().all() for t in algorithm.state_dict().values() if t.is_floating_point()
+    ):
+        raise CheckpointError(
+            f"the {tag} checkpoint of {str(run_dir)!r} holds weights that are NaN or infinite"
+        )
     return Trained(run_dir, config, facts, algorithm.eval(), step)

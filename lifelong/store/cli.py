@@ -14,13 +14,14 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from lifelong.continual.cli import ClassifierOption, ClassifierOptions
+from lifelong.continual.cli import ClassifierOption, ClassifierOptions, positive
 
 StoreOption = Annotated[Path, typer.Option("--store", help="The class store (an SQLite file).")]
 Images = Annotated[
@@ -31,6 +32,13 @@ RunOption = Annotated[
     Path | None, typer.Option("--run", help="The store's run folder, if it moved.")
 ]
 DeviceOption = Annotated[str, typer.Option(help="cpu or cuda.")]
+
+
+def distance(value: float | None) -> float | None:
+    """A ``--threshold``: a distance, or inf (never unknown); NaN would never compare."""
+    if value is not None and math.isnan(value):
+        raise typer.BadParameter("nan is not a distance (inf: never answer unknown)")
+    return value
 
 
 def learn_command(
@@ -59,9 +67,11 @@ def learn_command(
     """Teach the store a class (new, or more examples of a known one) from a few images;
     the store is made, for this run and class model, if it does not exist."""
     from lifelong.api import image_paths
-    from lifelong.continual.classifiers.registry import parse_options
+    from lifelong.continual.classifiers.registry import classifier_class, parse_options
     from lifelong.store.recognizer import ImageFile, Recognizer, open_store
 
+    if classifier is not None:
+        classifier_class(classifier)  # an unknown name, before any store is read
     options = parse_options(classifier_option)
     files = [ImageFile.read(p) for p in image_paths(images)]
     recognizer = Recognizer.load(run_dir, checkpoint, device)
@@ -105,7 +115,8 @@ def recognize_command(
     threshold: Annotated[
         float | None,
         typer.Option(
-            help="Unknown beyond this distance (default: the store's calibrated one; inf: never)."
+            help="Unknown beyond this distance (default: the store's calibrated one; inf: never).",
+            callback=distance,
         ),
     ] = None,
     run: RunOption = None,
@@ -189,11 +200,12 @@ def forget_command(
     class_name: Annotated[str, typer.Option("--class", help="The class to forget.")],
 ) -> None:
     """Forget a class and all its examples."""
-    from lifelong.store.db import ClassStore
+    from lifelong.store.db import ClassStore, check_name
 
+    name = check_name(class_name)  # as `learn` names it
     with ClassStore.open(store) as db:
-        count = db.forget(class_name)
-    typer.echo(f"forgot {class_name!r} ({count} examples)")
+        count = db.forget(name)
+    typer.echo(f"forgot {name!r} ({count} examples)")
 
 
 def export_command(
@@ -230,7 +242,7 @@ def serve_command(
         ),
     ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
     token: Annotated[
         str | None,
         typer.Option(envvar="LIFELONG_TOKEN", help="Require `Authorization: Bearer TOKEN`."),
@@ -239,11 +251,14 @@ def serve_command(
         float | None,
         typer.Option(
             help="Unknown beyond this distance, for requests that give none (default: the "
-            "store's calibrated threshold)."
+            "store's calibrated threshold).",
+            callback=distance,
         ),
     ] = None,
-    max_files: Annotated[int, typer.Option(help="Images per request.")] = 64,
-    max_file_mb: Annotated[float, typer.Option(help="Megabytes per image file.")] = 10.0,
+    max_files: Annotated[int, typer.Option(help="Images per request.", min=1)] = 64,
+    max_file_mb: Annotated[
+        float, typer.Option(help="Megabytes per image file.", callback=positive)
+    ] = 10.0,
     device: DeviceOption = "cpu",
     log_level: Annotated[str, typer.Option(help="uvicorn's: info, warning, error.")] = "info",
 ) -> None:

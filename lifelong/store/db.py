@@ -58,6 +58,9 @@ from lifelong.continual.classifiers.registry import feature_map
 SCHEMA_VERSION = 2
 APPLICATION_ID = 0x4C4C5354  # "LLST"
 MAX_NAME = 200
+MAX_EMBEDDING = 1e9
+"""The largest magnitude of an embedding's entries: far beyond a trained model's, and small
+enough that squared distances stay finite in float32 at any width."""
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE classes (
@@ -150,6 +153,18 @@ def check_name(name: str) -> str:
     return stripped
 
 
+def check_embeddings(embeddings: Tensor) -> None:
+    """Refuse embeddings with NaN, infinite or huge (beyond :data:`MAX_EMBEDDING`) entries:
+    they would make every distance NaN."""
+    if not embeddings.is_floating_point():
+        raise ValueError(f"embeddings must be floating-point numbers, got {embeddings.dtype}")
+    if embeddings.numel() and not bool(embeddings.abs().le(MAX_EMBEDDING).all()):
+        bad = embeddings[~embeddings.abs().le(MAX_EMBEDDING)][0].item()
+        raise ValueError(
+            f"embeddings must be finite numbers of magnitude at most {MAX_EMBEDDING:g}, got {bad}"
+        )
+
+
 class ClassStore:
     """An open class store (one SQLite connection; use one store object per thread).
 
@@ -157,8 +172,8 @@ class ClassStore:
     the file is a store of this schema version. Use as a context manager to close it.
     """
 
-    def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
-        self.path, self.db = path, connection
+    def __init__(self, path: Path, connection: sqlite3.Connection, timeout: float = 30.0) -> None:
+        self.path, self.db, self.timeout = path, connection, timeout
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -171,10 +186,10 @@ class ClassStore:
                 f"no store at {str(path)!r}: make one with `lifelong learn RUN_DIR --store "
                 f"{path} --class NAME IMAGE...`"
             )
-        store = cls(path, _connect(path, timeout))
+        store = cls(path, _connect(path, timeout), timeout)
         try:
             if store._version() == (0, 0):
-                raise StoreError(f"{str(path)!r} is an empty file, not a lifelong class store")
+                raise StoreError(f"{str(path)!r} is {store._what()}, not a lifelong class store")
             store._check_version()
         except BaseException:
             store.close()
@@ -190,7 +205,7 @@ class ClassStore:
         if path.exists() and not path.is_file():
             raise StoreError(f"{str(path)!r} is not a file")
         path.parent.mkdir(parents=True, exist_ok=True)
-        store = cls(path, _connect(path, timeout))
+        store = cls(path, _connect(path, timeout), timeout)
         try:
             store._initialise(meta)
         except BaseException:
@@ -218,6 +233,14 @@ class ClassStore:
             )
             self.db.execute(f"PRAGMA application_id={APPLICATION_ID}")
             self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _what(self) -> str:
+        """What a file without our application id is, in words."""
+        if self.path.stat().st_size == 0:
+            return "an empty file"
+        if self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            return "the SQLite database of another application"
+        return "an empty SQLite database"
 
     def _version(self) -> tuple[int, int]:
         try:
@@ -255,7 +278,7 @@ class ClassStore:
                 self._set_meta(db, {"classifier": classifier})
                 self._recompute(db)
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        except sqlite3.OperationalError as err:
+        except (sqlite3.OperationalError, StoreError) as err:
             raise StoreError(
                 f"{str(self.path)!r} is a class store of schema 1 that could not be migrated "
                 f"to schema {SCHEMA_VERSION} ({err}); it was left unchanged"
@@ -278,13 +301,29 @@ class ClassStore:
         if self.db.in_transaction:
             yield self.db
             return
-        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as err:
+            raise self._unwritable(err) from None
         try:
             yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
+            self.db.execute("COMMIT")
+        except BaseException as err:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            if isinstance(err, sqlite3.OperationalError):
+                raise self._unwritable(err) from None
             raise
-        self.db.execute("COMMIT")
+
+    def _unwritable(self, err: sqlite3.OperationalError) -> StoreError:
+        """A write that SQLite refused (the file locked too long, read-only, disk full), as
+        one line."""
+        if "locked" in str(err) or "busy" in str(err):
+            return StoreError(
+                f"{str(self.path)!r} is busy: another process has kept it locked for writing for "
+                f"more than {self.timeout:g} s; nothing was written, try again"
+            )
+        return StoreError(f"{str(self.path)!r} cannot be written ({err}); nothing was written")
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
@@ -371,6 +410,7 @@ class ClassStore:
                 f"got {tuple(embeddings.shape)}"
             )
         z = embeddings.detach().cpu().float()
+        check_embeddings(z)
         phi = self.features(z)
         now = time.time()
         with self.transaction() as db:

@@ -24,6 +24,7 @@ import math
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -32,7 +33,9 @@ from safetensors.torch import load, save
 from lifelong.continual.classifiers.base import ClassStatistics
 from lifelong.continual.classifiers.registry import feature_map
 from lifelong.files import atomic_write
-from lifelong.store.db import ClassStore, StoreError, vector_blob
+from lifelong.pipeline.checkpoint import has_checkpoint
+from lifelong.pipeline.trained import TAGS
+from lifelong.store.db import ClassStore, StoreError, check_embeddings, check_name, vector_blob
 
 FORMAT = "lifelong-store-export/2"
 READABLE = ("lifelong-store-export/1", FORMAT)
@@ -95,14 +98,21 @@ def import_store(
             f"{str(file)!r} is not an exported class store of this version "
             f"(format {metadata.get('format')!r}, expected {FORMAT!r})"
         )
-    meta = json.loads(metadata["meta"])
-    classes, examples = json.loads(metadata["classes"]), json.loads(metadata["examples"])
-    _check(file, tensors, meta, classes, examples)
+    meta, classes, examples = (_entry(file, metadata, k) for k in ("meta", "classes", "examples"))
+    try:
+        _check_entries(meta, classes, examples)
+        _check(file, tensors, meta, classes, examples)
+    except StoreError:
+        raise
+    except ValueError as err:
+        raise StoreError(f"{str(file)!r} cannot be imported: {err}") from None
     if run_dir is not None:
+        if not any(has_checkpoint(run_dir, tag) for tag in TAGS):
+            raise StoreError(f"{str(run_dir)!r} is not a lifelong run folder (no checkpoint)")
         meta["run_dir"] = str(Path(run_dir).resolve())
     tmp = store_path.with_name(f".{store_path.name}.{os.getpid()}.importing")
     try:
-        images = _images(tensors, len(examples))
+        images = _images(tensors, len(examples), math.prod(meta.get("image_shape") or [0]))
         with ClassStore.create(tmp, meta) as store, store.transaction() as db:
             ids = [
                 db.execute(
@@ -144,16 +154,18 @@ def _statistics(tensors: dict) -> ClassStatistics | None:
     )
 
 
-def _images(tensors: dict, examples: int) -> list[bytes | None]:
-    """The kept images of a file's examples (``None`` where none was kept, or format 1)."""
+def _images(tensors: dict, examples: int, pixels: int) -> list[bytes | None]:
+    """The kept images of a file's examples (``None`` where none was kept, or format 1), each
+    of ``pixels`` bytes."""
     if "images" not in tensors:
         return [None] * examples
     images, has = tensors["images"], tensors.get("has_image")
-    if images.dtype != torch.uint8 or images.dim() != 2 or images.shape[0] != examples:
+    if images.dtype != torch.uint8 or tuple(images.shape) != (examples, pixels):
         raise StoreError(
-            f"images are {tuple(images.shape)} {images.dtype}, expected {examples} rows"
+            f"images are {tuple(images.shape)} {images.dtype}, expected "
+            f"({examples}, {pixels}) torch.uint8"
         )
-    if has is None or has.shape != (examples,):
+    if has is None or has.dtype != torch.bool or has.shape != (examples,):
         raise StoreError("has_image must say for each example whether its image is kept")
     return [bytes(row.numpy().tobytes()) if h else None for row, h in zip(images, has, strict=True)]
 
@@ -165,8 +177,85 @@ def _metadata(data: bytes) -> dict[str, str]:
     return dict(header.get("__metadata__") or {})
 
 
+def _entry(file: Path, metadata: dict[str, str], key: str) -> Any:
+    """The JSON value of metadata entry ``key`` (meta: a mapping; classes, examples: lists)."""
+    kind = dict if key == "meta" else list
+    try:
+        value = json.loads(metadata[key])
+    except KeyError:
+        raise StoreError(f"{str(file)!r} cannot be imported: it has no {key!r} entry") from None
+    except (TypeError, json.JSONDecodeError) as err:
+        raise StoreError(f"{str(file)!r} cannot be imported: {key} is not JSON ({err})") from None
+    if not isinstance(value, kind):
+        raise StoreError(
+            f"{str(file)!r} cannot be imported: {key} is a {type(value).__name__}, "
+            f"expected a {kind.__name__}"
+        )
+    return value
+
+
+def _check_entries(meta: dict, classes: list, examples: list) -> None:
+    """Every value an import reads, with the rules of ``lifelong learn`` (``ValueError``)."""
+    dim, shape, threshold = (
+        meta.get("embedding_dim"),
+        meta.get("image_shape"),
+        meta.get("threshold"),
+    )
+    if not _whole(dim) or dim < 1:
+        raise ValueError(f"meta embedding_dim must be a positive integer, got {dim!r}")
+    if not isinstance(shape, list) or not all(_whole(n) and n > 0 for n in shape):
+        raise ValueError(f"meta image_shape must be a list of positive integers, got {shape!r}")
+    for key in ("run_dir", "fingerprint"):
+        if not isinstance(meta.get(key), str) or not meta[key]:
+            raise ValueError(f"meta {key} must be a non-empty string, got {meta.get(key)!r}")
+    if meta.get("checkpoint") not in TAGS:
+        raise ValueError(f"meta checkpoint must be best or last, got {meta.get('checkpoint')!r}")
+    if threshold is not None and not (_number(threshold) and not math.isnan(threshold)):
+        raise ValueError(f"meta threshold must be a number or null, got {threshold!r}")
+    if not isinstance(meta.get("classifier", {}), dict):
+        raise ValueError(f"meta classifier must be a mapping, got {meta['classifier']!r}")
+    for i, c in enumerate(classes):
+        _fields(f"class {i}", c, {"name": str, "created": float, "updated": float})
+        if check_name(c["name"]) != c["name"]:
+            raise ValueError(f"class {i}: the class name {c['name']!r} has surrounding spaces")
+    for i, e in enumerate(examples):
+        _fields(f"example {i}", e, {"source": str, "sha256": str, "added": float})
+        if not e["sha256"]:
+            raise ValueError(f"example {i}: sha256 is empty")
+
+
+def _fields(what: str, value: Any, kinds: dict[str, type]) -> None:
+    """``value`` is a mapping with these keys: strings, or finite numbers for ``float``."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} is a {type(value).__name__}, expected a mapping")
+    for key, kind in kinds.items():
+        if key not in value:
+            raise ValueError(f"{what} has no {key!r}")
+        item = value[key]
+        ok = isinstance(item, str) if kind is str else _number(item) and math.isfinite(item)
+        if not ok:
+            expected = "a string" if kind is str else "a finite number"
+            raise ValueError(f"{what}: {key} must be {expected}, got {item!r}")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _check(file: Path, tensors: dict, meta: dict, classes: list, examples: list) -> None:
-    dim = int(meta.get("embedding_dim", -1))
+    dim = int(meta["embedding_dim"])
+    kinds = {"sums": True, "counts": False, "embeddings": True, "example_class": False}
+    for name, floating in kinds.items():
+        tensor = tensors.get(name)
+        if tensor is not None and (
+            tensor.is_floating_point() != floating or tensor.dtype == torch.bool
+        ):
+            expected = "floating-point" if floating else "integer"
+            raise StoreError(f"{str(file)!r}: tensor {name} is {tensor.dtype}, expected {expected}")
     shapes = {
         "sums": (len(classes), dim),
         "counts": (len(classes),),
@@ -177,6 +266,7 @@ def _check(file: Path, tensors: dict, meta: dict, classes: list, examples: list)
         if name not in tensors or tuple(tensors[name].shape) != shape:
             found = tuple(tensors[name].shape) if name in tensors else "missing"
             raise StoreError(f"{str(file)!r}: tensor {name} is {found}, expected {shape}")
+    check_embeddings(tensors["embeddings"])
     k = tensors["example_class"]
     if len(k) and (int(k.min()) < 0 or int(k.max()) >= len(classes)):
         raise StoreError(f"{str(file)!r}: examples refer to classes beyond the {len(classes)}")
