@@ -38,7 +38,9 @@ class SLDA(ClassModel):
     name = "slda"
     summary = "shared-covariance Gaussians, shrunk (streaming LDA, Hayes & Kanan 2020)"
     options: ClassVar[dict[str, float]] = {"shrinkage": 0.1}
-    grid: ClassVar[dict[str, tuple[float, ...]]] = {"shrinkage": (0.01, 0.03, 0.1, 0.3, 0.6)}
+    grid: ClassVar[dict[str, tuple[float, ...]]] = {
+        "shrinkage": (0.01, 0.03, 0.1, 0.3, 0.6, 0.8, 0.9)
+    }
     uses_gram = True
 
     def check_settings(self) -> None:
