@@ -62,7 +62,8 @@ def test_prototypes_do_not_forget_while_finetuning_does():
         clusters(), classes=10, classes_per_step=2, train_per_class=15, test_per_class=5, seed=0
     )
     net = protonet()
-    prototypes = run_stream(make_learner("prototypes", net, 10), stream)
+    means = LearnerSettings(classifier="mean")  # prototypes that never change
+    prototypes = run_stream(make_learner("prototypes", net, 10, settings=means), stream)
     finetune = run_stream(
         make_learner("online-finetune", net, 10, settings=LearnerSettings(lr=0.2)), stream
     )

@@ -140,7 +140,7 @@ def test_a_store_refuses_another_classifier_and_migrate_changes_it(
     recognizer, images, tmp_path, capsys
 ):
     store_path = tmp_path / "s.db"
-    with open_store(store_path, recognizer) as store:
+    with open_store(store_path, recognizer, classifier="mean") as store:
         teach(recognizer, store, images)
     code, _, err = cli(
         capsys, "learn", recognizer.run_dir, images["class0"][5], "--store", store_path,

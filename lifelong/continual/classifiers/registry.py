@@ -30,8 +30,10 @@ _CLASSIFIERS: dict[str, str] = {
     "gaussian-predictive": "lifelong.continual.classifiers.gaussian:GaussianPredictive",
 }
 
-DEFAULT_CLASSIFIER = "mean"
-"""The class model used when none is named (see the README's continual-Omniglot table)."""
+DEFAULT_CLASSIFIER = "slda"
+"""The class model used when none is named: the best measured on continual Omniglot (600
+classes, 10 seeds, ``benchmarks/results/continual_classifiers_60w1s.json``: streaming LDA
+88.5 ± 0.5%, nearest mean 87.7 ± 0.4%, Gaussian MAP 87.4 ± 0.4%, CL2N 87.1 ± 0.5%)."""
 
 
 def classifier_names() -> tuple[str, ...]:
