@@ -92,6 +92,12 @@ def learn_command(
         typer.echo(f"skipped (already learned): {', '.join(added.duplicates)}")
 
 
+def classifier_settings(meta: dict) -> dict:
+    """The store's class model and its settings, without CL2N's feature mean."""
+    config = meta.get("classifier") or {"name": "mean"}
+    return {k: v for k, v in config.items() if k != "feature_mean"}
+
+
 def threshold_line(meta: dict) -> str:
     """How the store answers "unknown", in words."""
     calibration, threshold = meta.get("calibration") or {}, meta.get("threshold")
@@ -99,10 +105,10 @@ def threshold_line(meta: dict) -> str:
         reason = calibration.get("error", "no calibration")
         return f"never answers unknown unless given --threshold ({reason})"
     if "quantile" not in calibration:
-        return f"unknown beyond distance {threshold:.4g}"
+        return f"unknown beyond energy {threshold:.4g}"
     return (
-        f"unknown beyond distance {threshold:.4g} (the {calibration['quantile']} quantile of "
-        f"{calibration['queries']} validation images' distances to their class, "
+        f"unknown beyond energy {threshold:.4g} (the {calibration['quantile']} quantile of "
+        f"{calibration['queries']} validation images' energies to their class, "
         f"{calibration['classes']} classes of {calibration['shots']} examples; it calls "
         f"{100 * calibration['unknown_rejected']:.0f}% of images of a class not taught unknown)"
     )
@@ -152,11 +158,15 @@ def classes_command(store: StoreOption, as_json: JsonOption = False) -> None:
     with ClassStore.open(store) as db:
         meta, rows = db.meta, db.classes()
     if as_json:
-        summary = {k: meta.get(k) for k in ("run_dir", "fingerprint", "threshold", "calibration")}
+        keys = ("run_dir", "fingerprint", "classifier", "threshold", "calibration")
+        summary = {k: meta.get(k) for k in keys}
+        summary["classifier"] = classifier_settings(meta)
         typer.echo(json.dumps({**summary, "classes": [vars(c) for c in rows]}))
         return
+    settings = " ".join(f"{k}={v}" for k, v in classifier_settings(meta).items())
     typer.echo(
-        f"run {meta['run_dir']} (weights {meta['fingerprint'][:12]}); {threshold_line(meta)}"
+        f"run {meta['run_dir']} (weights {meta['fingerprint'][:12]}), classifier "
+        f"{settings}; {threshold_line(meta)}"
     )
     if not rows:
         typer.echo("no classes yet")

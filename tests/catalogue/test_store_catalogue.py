@@ -12,6 +12,7 @@ import pytest
 from test_cli import cli, refused
 from test_store import stroke_images, trained_run
 
+from lifelong.continual.classifiers.registry import DEFAULT_CLASSIFIER
 from lifelong.store import ClassStore, ImageFile, Recognizer, open_store
 from lifelong.store.db import SCHEMA_VERSION
 
@@ -65,9 +66,9 @@ CASES = [
     ([*LEARN, "--class", "a", "no-images"], 1, "folder 'no-images' has no images"),
     ([*LEARN, "--class", "a", IMAGE, "--classifier", "nope"], 1, "unknown classifier 'nope'"),
     (
-        [*LEARN, "--class", "a", IMAGE, "--classifier", "slda"],
+        [*LEARN, "--class", "a", IMAGE, "--classifier", "cl2n"],
         1,
-        "keeps the statistics of the mean",
+        f"keeps the statistics of the {DEFAULT_CLASSIFIER} classifier",
     ),
     ([*LEARN, "--class", "a", IMAGE, "--classifier-option", "x=nan"], 2, "must be finite"),
     ([*LEARN, "--class", "a", IMAGE, "--checkpoint", "worst"], 1, "must be best or last"),
