@@ -28,7 +28,8 @@ images are decoded reduced (:func:`lifelong.data.images.open_image`); and at mos
 (``Sec-Fetch-Site``, else ``Origin`` or ``Referer``, against ``Host``): no other web page can
 teach or forget classes (CSRF). With a token, browsers never send it on their own.
 
-Errors are JSON ``{"detail": "one line"}``: 401 for a missing or wrong bearer token (checked
+Errors are JSON ``{"detail": "one line"}`` (and so documented in the OpenAPI document): 400
+for a body that is not valid multipart, 401 for a missing or wrong bearer token (checked
 before the body is read), 403 for a cross-origin write without a token, 413 for a request over
 :class:`Limits` (bytes, files, pixels), 422 for an invalid parameter, a file that is not an
 image or not of its stated type, or an empty class name, 404 for an unknown class, 409 for a
@@ -61,6 +62,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPBearer
 from PIL import Image
+from pydantic import BaseModel
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -120,7 +122,32 @@ STATUS: dict[type[Exception], int] = {
     RequestValidationError: 422,  # a parameter of the wrong type or out of its bounds
 }
 """HTTP status of each kind of error (Starlette uses the handler of the nearest base class)."""
-Images = Annotated[list[UploadFile] | None, File(description="image files")]
+Images = Annotated[list[UploadFile], File(default_factory=list, description="image files")]
+MEANING = {
+    400: "a body that is not valid multipart form data",
+    401: "missing or wrong bearer token",
+    403: "a cross-origin write without a token",
+    404: "no such class",
+    409: "no classes yet, or the store changed under the server",
+    413: "over the limits (bytes, files, pixels)",
+    422: "an invalid parameter or file",
+}
+"""What each documented error status means (the module doc)."""
+
+
+class Detail(BaseModel):
+    """An error answer: one line."""
+
+    detail: str
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` of a route's error statuses, each ``{"detail": "one line"}``
+    (replacing FastAPI's 422 list)."""
+    return {s: {"model": Detail, "description": MEANING[s]} for s in statuses}
+
+
+WRITE, FORGET = errors(400, 401, 403, 409, 413, 422), errors(401, 403, 404, 409, 422)
 
 
 def one_line(err: Exception) -> str:
@@ -317,8 +344,7 @@ def create_app(
 
         return decoders.submit(task).result()
 
-    def read(images: list[UploadFile] | None) -> list[ImageFile]:
-        uploads = images or []
+    def read(uploads: list[UploadFile]) -> list[ImageFile]:
         if not uploads:
             raise ValueError("no images given (multipart field 'images')")
         if len(uploads) > limits.files:
@@ -343,7 +369,7 @@ def create_app(
     def page() -> FileResponse:
         return FileResponse(PAGE, media_type="text/html")
 
-    @app.get("/health")
+    @app.get("/health", responses=errors(409))
     def health(request: Request) -> dict[str, Any]:
         """Whether the server is up and what its store holds: the first 12 hex digits of its
         weights' fingerprint (all 64 with the bearer token), whether a token is needed; 409
@@ -366,16 +392,16 @@ def create_app(
             "auth": bool(token),
         }
 
-    @app.get("/classes", dependencies=secured)
+    @app.get("/classes", dependencies=secured, responses=errors(401, 409))
     def classes() -> dict[str, Any]:
         """The classes, in the order they were first learned."""
         with opened() as store:
             rows = store.classes()
         return {"classes": [vars(c) for c in rows]}
 
-    @app.post("/examples", dependencies=secured)
+    @app.post("/examples", dependencies=secured, responses=WRITE)
     def add_examples(
-        images: Images = None,
+        images: Images,
         class_name: Annotated[str, Form(description="the class to add the images to")] = "",
     ) -> dict[str, Any]:
         """Add example images to a class (made if new). A file this class already learned
@@ -384,9 +410,9 @@ def create_app(
         added = decoding(lambda s: recognizer.learn(s, class_name, files, limits.pixels), True)
         return vars(added)
 
-    @app.post("/predict", dependencies=secured)
+    @app.post("/predict", dependencies=secured, responses=WRITE)
     def predict(
-        images: Images = None,
+        images: Images,
         top: Annotated[int, Query(ge=1, le=100, description="classes listed per image")] = 3,
         distance: Annotated[
             float | None,
@@ -411,7 +437,7 @@ def create_app(
         used = calibrated if limit is None else limit
         return {"threshold": finite(used), "predictions": [r.to_dict() for r in results]}
 
-    @app.get("/thumbnails", dependencies=secured)
+    @app.get("/thumbnails", dependencies=secured, responses=errors(401, 404, 409, 422))
     def thumbnails(
         class_name: Annotated[str, Query(description="the class whose images to show")],
         limit: Annotated[int, Query(ge=1, le=50, description="images at most")] = 8,
@@ -425,7 +451,7 @@ def create_app(
         images = [{"source": source, "png": png_base64(image, shape)} for source, image in rows]
         return {"class_name": name, "images": images}
 
-    @app.delete("/classes", dependencies=secured)
+    @app.delete("/classes", dependencies=secured, responses=FORGET)
     def forget(
         class_name: Annotated[str, Query(description="the class to forget (any name)")],
     ) -> dict[str, Any]:
@@ -435,7 +461,7 @@ def create_app(
             count = store.forget(name)
         return {"deleted": name, "examples": count}
 
-    @app.delete("/classes/{name}", dependencies=secured)
+    @app.delete("/classes/{name}", dependencies=secured, responses=FORGET)
     def forget_by_path(name: str) -> dict[str, Any]:
         """Forget a class and all its examples (a name without ``/``; any name:
         ``DELETE /classes?class_name=...``)."""
