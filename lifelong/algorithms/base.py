@@ -104,6 +104,10 @@ class Algorithm(nn.Module, ABC):
     """Can learn regression tasks (sinusoids) as well as classification."""
     splittable: ClassVar[bool] = True
     """The meta-batch can be shared out over processes (``torchrun``)."""
+    min_ways: ClassVar[int] = 2
+    """The fewest classes of a training episode its meta-loss can learn from (a one-class
+    episode gives ProtoNet or MAML a loss of 0; OML and ANML learn one class's trajectory
+    against the rest of the meta-batch, the transfer baseline global classes)."""
     own_options: ClassVar[tuple[str, ...]] = ()
     """Run options that only some algorithms read, and this one does (e.g. ``precision``);
     setting one of them for an algorithm that does not list it is an error."""

@@ -104,6 +104,7 @@ class FineTune(Algorithm):
         >>> model = FineTune(ResNet12(3, 84), num_classes=64, head_steps=300)
     """
 
+    min_ways = 1  # its loss is over all training classes, whatever an episode holds
     own_options = ("precision", "channels_last")
 
     @classmethod

@@ -83,6 +83,7 @@ class OML(Algorithm):
     defaults: ClassVar[dict[str, Any]] = {"inner_lr": 0.03}  # the reference code's online rate
     splittable = False  # a trajectory's remember set is drawn from its whole meta-batch
     solves_regression = True
+    min_ways = 1  # a trajectory of one class, against the other classes
     own_options = ("channels_last",)
 
     @classmethod

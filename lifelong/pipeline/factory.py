@@ -64,6 +64,11 @@ def check_config(cfg: RunConfig, facts: DataFacts) -> None:
             f"split {cfg.train_split!r} of {cfg.dataset} has {trained_on} class: a "
             "classification task needs at least 2 classes to tell apart"
         )
+    if not facts.regression and cfg.ways < cls.min_ways:
+        raise ConfigError(
+            f"`ways` {cfg.ways}: a classification task needs at least {cls.min_ways} classes "
+            f"to tell apart ({cfg.algorithm} learns nothing from fewer: its loss would be 0)"
+        )
     if cfg.strided and cfg.backbone != "conv4":
         raise ConfigError(f"`strided` applies to the conv4 backbone only, not to {cfg.backbone}")
     if cfg.hidden is not None:

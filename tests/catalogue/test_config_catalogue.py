@@ -53,7 +53,11 @@ FLAGS = [
 
 WITH_DATA = [
     (["--ways", "1"], "--ways 1: a classification task needs at least 2 classes"),
-    (["--ways", "1", "--test-ways", "1"], "--test-ways 1: a classification task needs at least"),
+    (["--ways", "2", "--test-ways", "1"], "--test-ways 1: a classification task needs at least"),
+    (
+        ["--ways", "1", "--test-ways", "5"],
+        "protonet learns nothing from fewer: its loss would be 0",
+    ),
     (["--dataset-option", "classes={train: 1, val: 4}"], "split 'train' of strokes has 1 class"),
     (["--dataset-option", "classes=1", "--ways", "1"], "split 'train' of strokes has 1 class"),
     (["--test-ways", "9"], "--test-ways 9 is more than the 8 classes"),
