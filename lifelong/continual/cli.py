@@ -84,17 +84,8 @@ def stream_command(
     learner: Annotated[
         str, typer.Option(help="; ".join(f"{k}: {v}" for k, v in LEARNERS.items()) + ".")
     ] = "prototypes",
-    classifier: Annotated[
-        str,
-        typer.Option(help="prototypes: the class model, " + ", ".join(classifier_names()) + "."),
-    ] = DEFAULT_CLASSIFIER,
-    classifier_option: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="prototypes: a class model's hyper-parameter, KEY=NUMBER (repeatable).",
-            callback=finite_options,
-        ),
-    ] = None,
+    classifier: ClassifierOption = None,
+    classifier_option: ClassifierOptions = None,
     lr: Annotated[
         float | None,
         typer.Option(
