@@ -40,8 +40,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
-from protonet_speed import cpu_model
-from serve_load import train_run
+from serve_load import machine, train_run
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
@@ -178,12 +177,7 @@ def main() -> None:
     }
     ok = sum(k["ok"] for k in kinds.values())
     result = {
-        "machine": {
-            "cpu": cpu_model(),
-            "cores": os.cpu_count(),
-            "load_average_before": [round(x, 2) for x in load_before],
-            "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": machine(load_before),
         "settings": {
             "clients": args.clients,
             "seconds": args.seconds,

@@ -48,6 +48,16 @@ from test_serve import crash_rounds, png, serving, uploads  # noqa: E402
 from test_store import CLASSES, stroke_images  # noqa: E402
 
 
+def machine(load_before: tuple[float, float, float]) -> dict:
+    """The CPU, its cores and the load average before and now."""
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
 def train_run(out: Path) -> Path:
     """A Conv-4 (64 filters) ProtoNet on strokes, a few iterations."""
     from lifelong.pipeline.config import RunConfig
@@ -136,12 +146,7 @@ def main() -> None:
             )  # fmt: skip
         acknowledged, found = crash_rounds(run, folder, rounds=args.rounds)
     result = {
-        "machine": {
-            "cpu": cpu_model(),
-            "cores": os.cpu_count(),
-            "load_average_before": [round(x, 2) for x in load_before],
-            "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": machine(load_before),
         "settings": {
             "clients": args.clients,
             "seconds_per_phase": args.seconds,
