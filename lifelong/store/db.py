@@ -363,11 +363,11 @@ class ClassStore:
         """Names and sufficient statistics (counts, sums, squares, Gram matrix) of the classes,
         in the order they were first learned (one consistent snapshot)."""
         with self.snapshot():
+            dim = int(self.meta["embedding_dim"])
             rows = self.db.execute(
                 "SELECT name, count, sum, squares FROM classes ORDER BY id"
             ).fetchall()
-            gram = self._gram(self.db)
-        dim = gram.shape[0]
+            gram = self._gram(self.db, dim)
         sums = _matrix([r[2] for r in rows], dim)
         squares = _matrix([r[3] for r in rows], dim)
         counts = torch.tensor([r[1] for r in rows], dtype=torch.long)
@@ -457,7 +457,7 @@ class ClassStore:
             )
             if kept:
                 new = torch.stack(kept)
-                self._set_gram(db, self._gram(db) + new.T @ new)
+                self._set_gram(db, self._gram(db, dim) + new.T @ new)
                 self._changed(db)
         return Added(name, added, duplicates, count)
 
@@ -471,7 +471,7 @@ class ClassStore:
             embeddings = [_tensor(blob, "<f4") for (blob,) in blobs]
             if embeddings:
                 phi = self.features(torch.stack(embeddings))
-                self._set_gram(db, self._gram(db) - phi.T @ phi)
+                self._set_gram(db, self._gram(db, phi.shape[1]) - phi.T @ phi)
             db.execute("DELETE FROM examples WHERE class_id = ?", (class_id,))
             db.execute("DELETE FROM classes WHERE id = ?", (class_id,))
             self._changed(db)
@@ -516,8 +516,7 @@ class ClassStore:
             [(k, json.dumps(v)) for k, v in meta.items()],
         )
 
-    def _gram(self, db: sqlite3.Connection) -> Tensor:
-        dim = int(self.meta["embedding_dim"])
+    def _gram(self, db: sqlite3.Connection, dim: int) -> Tensor:
         row = db.execute("SELECT value FROM shared WHERE key = 'gram'").fetchone()
         if row is None:
             return torch.zeros(dim, dim, dtype=torch.float64)
