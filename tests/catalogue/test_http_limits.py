@@ -118,8 +118,11 @@ def post_chunked(url: str, path: str, size: int) -> tuple[int, str, int]:
             except OSError:  # the server closed the connection, or stopped reading (timeout)
                 break
             sent += len(piece)
-        while data := sock.recv(65536):
-            answer += data
+        try:
+            while data := sock.recv(65536):
+                answer += data
+        except ConnectionResetError:  # after its answer: the server closed with our bytes unread
+            pass
     status, _, body = answer.partition(b"\r\n\r\n")
     return int(status.split()[1]), body.decode(), sent
 
