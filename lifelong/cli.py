@@ -52,7 +52,9 @@ app = typer.Typer(
 
 F = TypeVar("F", bound=Callable[..., Any])
 FLAGS = {f.name: f"--{f.name.replace('_', '-')}" for f in fields(RunConfig)}
-FLAGS["dataset_options"] = "--dataset-option"
+DICT_OPTIONS = {"dataset_options": "--dataset-option", "task_options": "--task-option"}
+"""The options given as repeatable ``--NAME-option KEY=VALUE`` flags."""
+FLAGS.update(DICT_OPTIONS)
 
 
 def as_flags(message: str) -> str:
@@ -105,7 +107,7 @@ def clean_errors(command: F) -> F:
 def train_options() -> list[inspect.Parameter]:
     """One option per :class:`~lifelong.pipeline.config.RunConfig` field, its help and short
     flag from the field's metadata (``--x/--no-x`` for booleans; ``hidden`` as a comma list;
-    ``dataset_options`` as repeatable ``--dataset-option KEY=VALUE``)."""
+    ``dataset_options`` and ``task_options`` as repeatable ``--dataset-option KEY=VALUE``)."""
     hints = typing.get_type_hints(RunConfig)
     params = []
     for f in fields(RunConfig):
@@ -117,8 +119,8 @@ def train_options() -> list[inspect.Parameter]:
         kind: Any = kinds[0]
         if kind is bool:
             names = [f"{flag}/--no-{flag[2:]}"]
-        elif f.name == "dataset_options":
-            names, kind = ["--dataset-option"], list[str]
+        elif f.name in DICT_OPTIONS:
+            names, kind = [DICT_OPTIONS[f.name]], list[str]
         elif typing.get_origin(kind) is not None:  # hidden: "64" or "40,40"
             kind = str
         params.append(
@@ -158,7 +160,8 @@ def train(
         base = RunConfig.from_yaml(saved)
     else:
         base = RunConfig.from_yaml(config) if config is not None else RunConfig()
-    flags["dataset_options"] = _key_values(flags.get("dataset_options"), base.dataset_options)
+    for name, flag in DICT_OPTIONS.items():
+        flags[name] = _key_values(flag, flags.get(name), getattr(base, name))
     cfg = base.override(source="flag", **flags)
 
     from lifelong.pipeline.distributed import World
@@ -183,15 +186,17 @@ train.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
 app.command("train")(clean_errors(train))
 
 
-def _key_values(items: list[str] | None, base: dict[str, Any] | None) -> dict[str, Any] | None:
-    """``KEY=VALUE`` flags (values read as YAML: numbers, booleans, lists) over ``base``."""
+def _key_values(
+    flag: str, items: list[str] | None, base: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """``flag KEY=VALUE`` flags (values read as YAML: numbers, booleans, lists) over ``base``."""
     if not items:
         return None
     options = dict(base or {})
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise fail(f"--dataset-option takes KEY=VALUE, got {item!r}")
+            raise fail(f"{flag} takes KEY=VALUE, got {item!r}")
         options[key.strip()] = yaml.safe_load(value)
     return options
 

@@ -108,6 +108,9 @@ class Algorithm(nn.Module, ABC):
     """The fewest classes of a training episode its meta-loss can learn from (a one-class
     episode gives ProtoNet or MAML a loss of 0; OML and ANML learn one class's trajectory
     against the rest of the meta-batch, the transfer baseline global classes)."""
+    learns_class_ids: ClassVar[bool] = False
+    """Learns the dataset classes of the training split (:func:`global_labels`), so it
+    cannot meta-train on made-up tasks without labels (``labels: none``)."""
     own_options: ClassVar[tuple[str, ...]] = ()
     """Run options that only some algorithms read, and this one does (e.g. ``precision``);
     setting one of them for an algorithm that does not list it is an error."""

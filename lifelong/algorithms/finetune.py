@@ -105,6 +105,7 @@ class FineTune(Algorithm):
     """
 
     min_ways = 1  # its loss is over all training classes, whatever an episode holds
+    learns_class_ids = True
     own_options = ("precision", "channels_last")
 
     @classmethod

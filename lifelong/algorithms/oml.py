@@ -84,6 +84,7 @@ class OML(Algorithm):
     splittable = False  # a trajectory's remember set is drawn from its whole meta-batch
     solves_regression = True
     min_ways = 1  # a trajectory of one class, against the other classes
+    learns_class_ids = True
     own_options = ("channels_last",)
 
     @classmethod

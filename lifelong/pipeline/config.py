@@ -27,6 +27,7 @@ import yaml
 
 from lifelong.algorithms.precision import PRECISIONS
 from lifelong.files import atomic_write
+from lifelong.unlabeled.registry import TASK_CONSTRUCTIONS
 
 BACKBONES = ("conv4", "resnet12", "mlp")
 SCHEDULES = ("none", "cosine", "step")
@@ -34,6 +35,7 @@ DEVICES = ("auto", "cpu", "cuda")
 """Device names; ``cuda:INDEX`` (e.g. ``cuda:1``) picks one GPU."""
 DISTANCES = ("sqeuclidean", "euclidean", "lp", "cosine")
 TRAIN_SPLITS = ("train", "trainval")
+LABELS = ("dataset", "none")
 BUILT_IN_FALLBACKS = {"meta_batch": 32}
 """Values of options an algorithm may set (``None`` fields), for algorithms that do not."""
 
@@ -82,6 +84,10 @@ class RunConfig:
         train_split: the split meta-trained on: ``train``, or ``trainval`` (train and
             validation classes together, as Snell et al. 2017 do for their final Omniglot
             models; there is then no held-out validation, and the last checkpoint is used).
+        labels: ``dataset``, or ``none``: meta-train without reading a label of the training
+            split; its images are a pool from which ``task_construction`` (``umtra``,
+            ``cactus``, ``pseudo``: :mod:`lifelong.unlabeled`) makes the tasks, with its
+            ``task_options``. Validation and test use the labelled held-out classes.
 
     Episodes (Vinyals et al. 2016): ``ways`` classes, ``shots`` support and ``queries`` query
     examples per class; the ``test_*`` values (default: the training ones) are used for
@@ -130,6 +136,15 @@ class RunConfig:
     )
     train_split: str = option(
         "train", "Meta-train on train, or trainval (no validation then).", choices=TRAIN_SPLITS
+    )
+    labels: str = option(
+        "dataset", "Meta-train on the dataset's labels, or none (made-up tasks).", choices=LABELS
+    )
+    task_construction: str | None = option(
+        None, "--labels none: umtra, cactus or pseudo.", choices=TASK_CONSTRUCTIONS
+    )
+    task_options: dict[str, Any] | None = option(
+        None, "Task construction option KEY=VALUE, repeatable (umtra: shift=6)."
     )
     ways: int = option(5, "Classes per training episode.", "-n", bound="positive")
     shots: int = option(1, "Support examples per class.", "-k", bound="positive")
@@ -219,7 +234,7 @@ class RunConfig:
         for f in fields(self):
             value, choices = getattr(self, f.name), f.metadata["choices"]
             bound = f.metadata["bound"]
-            if choices is not None and value not in choices:
+            if choices is not None and value is not None and value not in choices:
                 raise ConfigError(f"`{f.name}` must be one of {', '.join(choices)}; got {value!r}")
             for item in value if isinstance(value, tuple) else (value,):
                 if bound is None or item is None:

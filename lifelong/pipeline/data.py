@@ -113,7 +113,25 @@ class Data:
                 f"dataset {self.config.dataset!r} has no split {split!r}; "
                 f"its splits are {', '.join(self.splits)}"
             )
+        if split == self.config.train_split and self.config.labels == "none":
+            from lifelong.unlabeled.registry import construction_class
+
+            construction = construction_class(self.config.task_construction or "")
+            try:
+                return construction(
+                    self.unlabeled_pool(split), ways, shots, queries, seed, stream,
+                    options=self.config.task_options,
+                )  # fmt: skip
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
         return EpisodeSampler(self.splits[split], ways, shots, queries, seed=seed, stream=stream)
+
+    def unlabeled_pool(self, split: str) -> torch.Tensor:
+        """The images of ``split`` as an unlabeled pool, ``uint8 [n, C, H, W]``: its class
+        counts and names stay behind, so a run with ``labels: none`` cannot read them."""
+        if self.splits is None:
+            raise ConfigError(f"{self.config.dataset} tasks are generated: there is no image pool")
+        return self.splits[split].images
 
 
 def load_data(cfg: RunConfig) -> Data:

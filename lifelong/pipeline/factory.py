@@ -59,7 +59,7 @@ def check_config(cfg: RunConfig, facts: DataFacts) -> None:
                 "use `backbone` mlp"
             )
     trained_on = (facts.classes or {}).get(cfg.train_split)
-    if not facts.regression and trained_on is not None and trained_on < 2:
+    if cfg.labels == "dataset" and trained_on is not None and trained_on < 2:
         raise ConfigError(
             f"split {cfg.train_split!r} of {cfg.dataset} has {trained_on} class: a "
             "classification task needs at least 2 classes to tell apart"
@@ -68,6 +68,20 @@ def check_config(cfg: RunConfig, facts: DataFacts) -> None:
         raise ConfigError(
             f"`ways` {cfg.ways}: a classification task needs at least {cls.min_ways} classes "
             f"to tell apart ({cfg.algorithm} learns nothing from fewer: its loss would be 0)"
+        )
+    if cfg.labels == "none":
+        if facts.regression:
+            raise ConfigError(f"`labels` none: {cfg.dataset} tasks are generated, not labelled")
+        if cls.learns_class_ids:
+            raise ConfigError(
+                f"`labels` none: {cfg.algorithm} learns the classes of the training split, "
+                "which made-up tasks do not have; use protonet, maml or reptile"
+            )
+        if cfg.task_construction is None:
+            raise ConfigError("`labels` none needs a `task_construction`: umtra, cactus or pseudo")
+    elif cfg.task_construction is not None or cfg.task_options:
+        raise ConfigError(
+            "`task_construction` makes tasks without labels: set `labels` none, or leave it out"
         )
     if cfg.strided and cfg.backbone != "conv4":
         raise ConfigError(f"`strided` applies to the conv4 backbone only, not to {cfg.backbone}")
@@ -99,7 +113,8 @@ def check_config(cfg: RunConfig, facts: DataFacts) -> None:
         )
     for split, count in (facts.classes or {}).items():
         ways = cfg.episode_shape(split)[0]
-        if split in (cfg.train_split, "val", "test") and ways > count:
+        unlabeled = split == cfg.train_split and cfg.labels == "none"
+        if split in (cfg.train_split, "val", "test") and ways > count and not unlabeled:
             option = "ways" if split == cfg.train_split else "test_ways"
             raise ConfigError(
                 f"`{option}` {ways} is more than the {count} classes of split {split!r} "

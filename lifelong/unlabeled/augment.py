@@ -1,0 +1,90 @@
+"""Seeded image augmentations written with torch ops (there is no torchvision here).
+
+One random affine map per image (integer shift, rotation, scale: a random crop and resize is a
+scale below 1 with a shift), sampled with ``grid_sample``, then random pixel dropout. Every
+random number comes from the generator passed in, so a run that is resumed from its sampler's
+state draws exactly the augmentations it would have drawn. Images stay ``uint8``
+``[n, C, H, W]``; what moves in from outside the image is 0 (the dark background of Omniglot
+and strokes; zero padding for colour images).
+
+Example:
+    >>> augment = Augmentation(shift=6, dropout=0.1)      # UMTRA's Omniglot setting
+    >>> views = augment(images, torch.Generator().manual_seed(0))
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """A random view of each image.
+
+    Args:
+        shift: largest translation in pixels along each axis (whole pixels, uniform).
+        rotate: largest rotation in degrees (uniform in ``[-rotate, rotate]``).
+        scale: smallest zoom factor of the content; each image is zoomed by a factor uniform
+            in ``[scale, 1/scale]`` (1: none). Below 1 the view shows a smaller part of the
+            image enlarged, or the whole image shrunk.
+        dropout: probability of setting each pixel to 0 (all channels).
+    """
+
+    shift: float = 0.0
+    rotate: float = 0.0
+    scale: float = 1.0
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("shift", "rotate"):
+            value = getattr(self, name)
+            if value < 0:
+                raise ValueError(f"augmentation `{name}` must be 0 or more, got {value}")
+        if not 0 < self.scale <= 1:
+            raise ValueError(f"augmentation `scale` must be in (0, 1], got {self.scale}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"augmentation `dropout` must be in [0, 1), got {self.dropout}")
+
+    @property
+    def geometric(self) -> bool:
+        return self.shift > 0 or self.rotate > 0 or self.scale < 1
+
+    def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        """A random view of each of ``images`` (``uint8 [n, C, H, W]``)."""
+        n, _, height, width = images.shape
+        out = images
+        if self.geometric:
+            out = self._affine(images, generator)
+        if self.dropout > 0:
+            keep = torch.rand(n, 1, height, width, generator=generator) >= self.dropout
+            out = out * keep
+        return out
+
+    def _affine(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        n, _, height, width = images.shape
+        shifts = torch.randint(
+            -int(self.shift), int(self.shift) + 1, (n, 2), generator=generator
+        ).float()
+        angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(self.rotate)
+        log_scale = (torch.rand(n, generator=generator) * 2 - 1) * math.log(1 / self.scale)
+        zoom = torch.exp(-log_scale)  # grid coordinates shrink when the content is enlarged
+        cos, sin = torch.cos(angle) * zoom, torch.sin(angle) * zoom
+        # affine_grid maps output to input coordinates in [-1, 1]: a pixel is 2/size wide
+        theta = torch.stack(
+            [
+                torch.stack([cos, -sin, -2 * shifts[:, 0] / width], dim=1),
+                torch.stack([sin, cos, -2 * shifts[:, 1] / height], dim=1),
+            ],
+            dim=1,
+        )
+        grid = F.affine_grid(theta, [n, 1, height, width], align_corners=False)
+        exact = self.rotate == 0 and self.scale == 1  # whole-pixel shifts: nearest is exact
+        moved = F.grid_sample(
+            images.float(), grid, mode="nearest" if exact else "bilinear", align_corners=False
+        )
+        return moved.round_().clamp_(0, 255).to(torch.uint8)
