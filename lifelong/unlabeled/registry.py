@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 _CONSTRUCTIONS: dict[str, str] = {
     "umtra": "lifelong.unlabeled.umtra:UMTRA",
+    "cactus": "lifelong.unlabeled.cactus:CACTUs",
+    "pseudo": "lifelong.unlabeled.pseudo:PseudoSupervised",
 }
 
 TASK_CONSTRUCTIONS = tuple(_CONSTRUCTIONS)
