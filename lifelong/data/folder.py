@@ -5,6 +5,12 @@ Two layouts are understood::
     root/<class>/<image>                   classes split at random (seeded) by `splits`
     root/{train,val,test}/<class>/<image>  the split folders that exist are the splits
 
+A folder that holds images and no class folders is unlabeled: ``root/<image>`` is a
+``train`` split of unlabeled images, and so is ``root/train/<image>`` beside labelled
+``val/`` and ``test/`` class folders. An unlabeled split is one class named
+:data:`UNLABELED`; only a run with ``labels: none`` meta-trains on it
+(:mod:`lifelong.unlabeled`).
+
 Any format Pillow reads is accepted (PNG, JPEG, BMP, GIF, TIFF, WebP, PPM/PGM/PBM; see
 :data:`~lifelong.data.images.IMAGE_SUFFIXES`); other files and hidden files are ignored. Every
 image is resized to ``image_size`` with Pillow's LANCZOS filter (without keeping the aspect
@@ -29,6 +35,8 @@ from lifelong.data.classes import ClassDataset, ClassInfo, split_indices
 from lifelong.data.images import DECODING, IMAGE_SUFFIXES, Size, decode_classes
 
 SPLITS = ("train", "val", "test")
+UNLABELED = "(unlabeled)"
+"""The one class of a split of unlabeled images."""
 
 
 def _visible_dirs(folder: Path) -> list[Path]:
@@ -100,16 +108,26 @@ def load_folder(
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist or is not a folder")
     predefined = [s for s in SPLITS if (root / s).is_dir()]
-    if predefined:
-        class_dirs = {s: _visible_dirs(root / s) for s in predefined}
-    else:
-        class_dirs = {"all": _visible_dirs(root)}
-    for where, dirs in class_dirs.items():
-        if not dirs:
-            folder = root if where == "all" else root / where
-            raise ValueError(f"{folder} holds no class folders (one sub-folder per class)")
+    folders = {s: root / s for s in predefined} if predefined else {"all": root}
+    class_dirs = {where: _visible_dirs(folder) for where, folder in folders.items()}
+    unlabeled = [where for where, dirs in class_dirs.items() if not dirs]
+    for where in unlabeled:  # images without class folders: one class of unlabeled images
+        has_images = any(p.suffix.lower() in IMAGE_SUFFIXES for p in folders[where].iterdir())
+        if where not in ("all", "train") or not has_images:
+            only = "" if not has_images else "; only the training images may be unlabeled"
+            raise ValueError(
+                f"{folders[where]} holds no class folders (one sub-folder per class){only}"
+            )
+        class_dirs[where] = [folders[where]]
+    if unlabeled == ["all"]:
+        predefined = ["train"]
+        class_dirs = {"train": class_dirs["all"]}
     files = {where: [_class_files(d) for d in dirs] for where, dirs in class_dirs.items()}
-    infos = [ClassInfo(d.name) for dirs in class_dirs.values() for d in dirs]
+    infos = [
+        ClassInfo(UNLABELED if where in unlabeled or unlabeled == ["all"] else d.name)
+        for where, dirs in class_dirs.items()
+        for d in dirs
+    ]
     label = f"folder/{root.resolve().name}"
 
     def build() -> dict[str, ClassDataset]:

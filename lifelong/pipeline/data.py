@@ -23,6 +23,7 @@ import torch
 
 from lifelong.data.classes import ClassDataset
 from lifelong.data.episodes import EpisodeSampler, TaskSampler
+from lifelong.data.folder import UNLABELED
 from lifelong.data.registry import dataset_info, load_dataset
 from lifelong.data.sinusoid import SinusoidSampler
 from lifelong.pipeline.config import ConfigError, RunConfig
@@ -39,6 +40,7 @@ class DataFacts:
         classes: the number of classes of each split.
         background: ``"dark"`` or ``"bright"``: the background of grayscale images (Omniglot
             and strokes are drawn with ink = 1 on a dark background); ``None`` for colour.
+        unlabeled: the splits that are unlabeled images (a folder without class folders).
     """
 
     dataset: str
@@ -46,6 +48,7 @@ class DataFacts:
     image_shape: tuple[int, int, int] | None = None
     classes: dict[str, int] | None = None
     background: str | None = None
+    unlabeled: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, dataset: str, splits: dict[str, ClassDataset] | None) -> DataFacts:
@@ -57,6 +60,11 @@ class DataFacts:
             image_shape=first.image_shape,
             classes={name: len(split) for name, split in splits.items()},
             background=background_of(first.images[:2000]) if first.image_shape[0] == 1 else None,
+            unlabeled=tuple(
+                name
+                for name, split in splits.items()
+                if [c.name for c in split.classes] == [UNLABELED]
+            ),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -65,7 +73,13 @@ class DataFacts:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DataFacts:
         shape = values.get("image_shape")
-        return cls(**{**values, "image_shape": None if shape is None else tuple(shape)})
+        return cls(
+            **{
+                **values,
+                "image_shape": None if shape is None else tuple(shape),
+                "unlabeled": tuple(values.get("unlabeled", ())),
+            }
+        )
 
 
 def background_of(images: torch.Tensor) -> str:

@@ -59,6 +59,11 @@ def check_config(cfg: RunConfig, facts: DataFacts) -> None:
                 "use `backbone` mlp"
             )
     trained_on = (facts.classes or {}).get(cfg.train_split)
+    if cfg.labels == "dataset" and cfg.train_split in facts.unlabeled:
+        raise ConfigError(
+            f"split {cfg.train_split!r} of {cfg.dataset} is unlabeled images (no class "
+            "folders): meta-train with `labels` none and a `task_construction`"
+        )
     if cfg.labels == "dataset" and trained_on is not None and trained_on < 2:
         raise ConfigError(
             f"split {cfg.train_split!r} of {cfg.dataset} has {trained_on} class: a "
