@@ -251,6 +251,6 @@ def test_the_command_line_trains_without_labels_on_an_unlabeled_folder_and_evalu
     )
     evaluated = runner.invoke(app, ["evaluate", str(run), "--episodes", "3"])
     assert evaluated.exit_code == 0 and "3-way 1-shot" in evaluated.output
-    bad = runner.invoke(app, ["train", *common, "--labels", "none", "--task-construction",
-                              "umtra", "--task-option", "shift", "--out", str(tmp_path / "y")])  # fmt: skip
+    flags = ["--labels", "none", "--task-construction", "umtra", "--task-option", "shift"]
+    bad = runner.invoke(app, ["train", *common, *flags, "--out", str(tmp_path / "y")])
     assert bad.exit_code == 1 and "--task-option takes KEY=VALUE, got 'shift'" in bad.output
