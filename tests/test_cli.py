@@ -75,7 +75,7 @@ def test_train_writes_a_complete_run(run_dir):
     assert load_checkpoint(run_dir, "last")["step"] == 4
     assert load_checkpoint(run_dir, "best")["step"] in (2, 4)
     rows = (run_dir / "metrics.csv").read_text().splitlines()
-    assert rows[0] == "step,split,loss,metric,ci95,grad_norm,lr" and len(rows) == 1 + 4 + 2
+    assert rows[0] == "step,split,loss,metric,ci95,grad_norm,lr,seconds" and len(rows) == 1 + 4 + 2
 
 
 def test_flags_override_the_config_file(tmp_path, capsys):

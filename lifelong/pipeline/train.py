@@ -83,6 +83,7 @@ from lifelong.pipeline.distributed import (
 from lifelong.pipeline.evaluate import EpisodeSet, Evaluation, evaluate
 from lifelong.pipeline.factory import build_algorithm, resolve_config
 from lifelong.pipeline.memory import Restored, check_fits
+from lifelong.unlabeled.base import TaskConstruction
 
 RESUMABLE = (
     "iterations",
@@ -180,9 +181,11 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 class MetricsLog:
     """``metrics.csv`` (and TensorBoard scalars when available). Reopening a log keeps only the
-    rows up to iteration ``keep_until``, so a resumed run writes no duplicates."""
+    rows up to iteration ``keep_until``, so a resumed run writes no duplicates. ``seconds`` is
+    the run's wall-clock time when the row was written (validations included), counted on
+    from the last kept row after a resume: :attr:`seconds` is where it starts."""
 
-    COLUMNS = ("step", "split", "loss", "metric", "ci95", "grad_norm", "lr")
+    COLUMNS = ("step", "split", "loss", "metric", "ci95", "grad_norm", "lr", "seconds")
 
     def __init__(self, run_dir: Path, keep_until: int) -> None:
         self.path = run_dir / "metrics.csv"
@@ -190,7 +193,10 @@ class MetricsLog:
         if self.path.exists():
             with self.path.open(newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= keep_until]
-        lines = [",".join(self.COLUMNS)] + [",".join(r[c] for c in self.COLUMNS) for r in rows]
+        lines = [",".join(self.COLUMNS)] + [
+            ",".join(r.get(c) or "" for c in self.COLUMNS) for r in rows
+        ]
+        self.seconds = max((float(r.get("seconds") or 0) for r in rows), default=0.0)
         atomic_write(self.path, ("\n".join(lines) + "\n").encode())
         self.file = self.path.open("a", newline="")
         self.writer = csv.DictWriter(self.file, self.COLUMNS)
@@ -201,7 +207,7 @@ class MetricsLog:
         self.file.flush()
         if self.tensorboard is not None:
             for key, value in values.items():
-                if value is not None:
+                if value is not None and key != "seconds":
                     self.tensorboard.add_scalar(f"{split}/{key}", value, step)
 
     def close(self) -> None:
@@ -220,6 +226,8 @@ def _summary_writer(path: Path) -> Any:
 
 class NoLog:
     """The metrics log of ranks other than 0: nothing is written."""
+
+    seconds = 0.0
 
     def write(self, step: int, split: str, **values: float | None) -> None:
         pass
@@ -355,6 +363,8 @@ class Trainer:
     def train_step(self) -> tuple[float, float, float]:
         """One meta-update; returns loss, metric and gradient norm (before clipping), of the
         whole meta-batch (averaged over the ranks)."""
+        if isinstance(self.sampler, TaskConstruction):  # (before the draw: exact on resume)
+            self.sampler.follow(self.algorithm)
         batch = self.sampler.sample(self.batch_size).to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
         out = self.algorithm.meta_loss(batch)
@@ -453,13 +463,21 @@ class Trainer:
         )
         metric_name = "mse" if self.algorithm.regression else "acc"
         started, stopped_early, val = time.monotonic(), False, None
+        before = log.seconds
+
+        def seconds() -> float:
+            return round(before + time.monotonic() - started, 2)
+
         try:
             with stop_requests() as stops:
                 while self.step < cfg.iterations:
                     lr = self.optimizer.param_groups[0]["lr"]
                     loss, metric, norm = self.train_step()
                     self.step += 1
-                    log.write(self.step, "train", loss=loss, metric=metric, grad_norm=norm, lr=lr)
+                    log.write(
+                        self.step, "train", loss=loss, metric=metric, grad_norm=norm, lr=lr,
+                        seconds=seconds(),
+                    )  # fmt: skip
                     finished = self.step == cfg.iterations
                     out_of_time = self.time_budget is not None and agree(
                         time.monotonic() - started > self.time_budget  # rank 0's clock decides
@@ -467,7 +485,9 @@ class Trainer:
                     if self.step % cfg.val_every == 0 or finished or out_of_time:
                         val = self.validate() or val
                         if val is not None:
-                            log.write(self.step, "val", metric=val.mean, ci95=val.ci95)
+                            log.write(
+                                self.step, "val", metric=val.mean, ci95=val.ci95, seconds=seconds()
+                            )
                     if self.step % cfg.checkpoint_every == 0 or finished or out_of_time:
                         self.save("last")
                     postfix = {"loss": f"{loss:.4f}", metric_name: f"{metric:.4f}"}
