@@ -401,17 +401,28 @@ def verdict(ours: float, ours_ci: float | None, paper: PaperValue, metric: str) 
 
 
 def machine(device: torch.device) -> dict[str, Any]:
-    """The machine of a result: CPU model and the cores this process may use, torch's
-    threads, and the GPU's name when the device is one."""
+    """The machine of a result: CPU model, its vector instructions that decide PyTorch's
+    speed (AVX2, AVX-512, AVX-512 bf16), the cores this process may use, torch's threads,
+    and the GPU's name when the device is one."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
+    cpu, flags = platform.processor() or platform.machine(), []
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
-        names = [line for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        lines = cpuinfo.read_text().splitlines()
+        names = [line for line in lines if line.startswith("model name")]
         cpu = names[0].split(":", 1)[1].strip() if names else cpu
+        present = next(
+            (set(x.split(":", 1)[1].split()) for x in lines if x.startswith("flags")), set()
+        )
+        flags = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in present]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    info: dict[str, Any] = {"cpu": cpu, "cores": cores, "torch_threads": torch.get_num_threads()}
+    info: dict[str, Any] = {
+        "cpu": cpu,
+        "cpu_flags": flags,
+        "cores": cores,
+        "torch_threads": torch.get_num_threads(),
+    }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
