@@ -21,6 +21,7 @@ from torch import Tensor
 from lifelong.data.episodes import FIXED_STREAM, EpisodeBatch, stream_generator
 
 if TYPE_CHECKING:
+    from lifelong.algorithms.base import Algorithm
     from lifelong.pipeline.config import RunConfig
 
 
@@ -97,6 +98,12 @@ class TaskConstruction(ABC):
             ways=self.ways,
             shots=self.shots,
         )
+
+    def follow(self, algorithm: Algorithm) -> None:
+        """Called by the Trainer with the learner before it draws each training batch (so
+        after every meta-update, and once before the first), for constructions that track
+        the learner; the others ignore it."""
+        return None
 
     # ------------------------------------------------------------------ TaskSampler
     def sample(self, batch_size: int) -> EpisodeBatch:
