@@ -1,14 +1,14 @@
 """Pseudo-supervised tasks: PsCo's few-shot pseudo-supervision as a task construction.
 
-Jang, Lee, Shin, Choi, Kim & Shin, ICLR 2023 ("Unsupervised Meta-Learning via Few-shot
-Pseudo-supervised Contrastive Learning"), Section 3: a momentum network, an exponential moving
-average of the learner (momentum 0.99), embeds each batch, and a queue holds the momentum
-features of the last images seen (16384). Each image of the batch is a made-up class whose
-query is an augmented view of it; its K-shot *pseudo-support* is the K queue items that an
-entropic optimal-transport plan between the batch and the queue (Sinkhorn-Knopp, 3 iterations,
-epsilon 0.05 on cosine similarities) gives it most of, the plan sharing the queue out evenly.
-As the learner improves so does the momentum network, and with it the supports: other real
-images that look alike, not only augmentations.
+Jang, Lee & Shin, ICLR 2023 ("Unsupervised Meta-Learning via Few-shot Pseudo-supervised
+Contrastive Learning"; code github.com/alinlab/PsCo): a momentum network, an exponential
+moving average of the learner (momentum 0.99, updated before each step), embeds each batch,
+and a queue holds the momentum features of the last images seen (16384). Each image of the
+batch is a made-up class whose query is an augmented view of it; its K-shot *pseudo-support*
+is the K queue items that an entropic optimal-transport plan between the batch and the queue
+(Sinkhorn-Knopp, 3 iterations, epsilon 0.05 on cosine similarities) gives it most of, the plan
+sharing the queue out evenly. As the learner improves so does the momentum network, and with
+it the supports: other real images that look alike, not only augmentations.
 
 Here these tasks are ordinary episodes for any learner with an embedding (ProtoNet first): N
 pool images drawn at random are the classes, each class's Q queries are augmented views of its
@@ -17,13 +17,14 @@ image and its K supports augmented views of the queue images matched to it; the 
 learner's own meta-loss replaces PsCo's SupCon + MoCo loss (supports are images through the
 learner, not momentum features; there is no projector, predictor or MoCo term); features are
 the L2-normalised embedding of the un-augmented image, by the momentum copy in eval mode (its
-batch-norm statistics copied from the learner, as PsCo copies buffers); the plan is per episode
-(N anchors against the queue), and within an episode the shots are given greedily, largest
-plan entries first, so that each class gets K distinct images, no image goes to two classes
-and no class's support is another class's anchor (PsCo takes each row's top K). Until the
-queue is full (with at least N(K+1) distinct images) the tasks are UMTRA's
-(:mod:`lifelong.unlabeled.umtra`), so training starts at once. Augmentation: UMTRA's options
-and defaults (PsCo crops and flips Omniglot).
+batch-norm statistics copied from the learner, as PsCo copies buffers); the queue holds
+distinct images (one drawn again moves to the new end); the plan is per episode (N anchors
+against the queue), and the shots are given greedily, largest plan entries first, so that each
+class gets K distinct images, no image goes to two classes and no class's support is another
+class's anchor (PsCo takes each row's top K). Until the queue is full the tasks are UMTRA's
+(:mod:`lifelong.unlabeled.umtra`), so training starts at once. The default queue, 4096, fills
+in 205 steps of ProtoNet's one 20-way episode (PsCo's 16384 is 64 steps of its 256 images);
+the augmentation has UMTRA's options and defaults (PsCo crops and flips Omniglot).
 
 Example:
     $ lifelong train --dataset omniglot --labels none --task-construction pseudo \
