@@ -589,11 +589,9 @@ def _test_run(
     the same tasks), as :func:`lifelong.pipeline.evaluate.evaluate_run` tests a run folder:
     the algorithm is rebuilt for the test's settings (test ways and adaptation steps) from the
     weights in memory, and the memory a batch of episodes needs is checked first."""
-    from lifelong.algorithms.embedding import eval_mode
     from lifelong.pipeline.data import episode_count, load_data
-    from lifelong.pipeline.evaluate import EVAL_BATCH, evaluate
+    from lifelong.pipeline.evaluate import checked_batch_size, evaluate
     from lifelong.pipeline.factory import build_algorithm
-    from lifelong.pipeline.memory import check_fits
 
     cfg = tested.config.override(
         test_ways=setting.ways,
@@ -609,14 +607,8 @@ def _test_run(
     tested.check_data(data.facts)
     n = setting.episodes or episode_count(cfg)
     fixed = data.sampler("test", seed=0).fixed(n, seed=0)
-
-    def probe(size: int) -> None:
-        with eval_mode(algorithm):
-            algorithm.evaluate(next(iter(fixed.batches(size))).to(device))
-
-    batch_size = min(EVAL_BATCH, n)
     options = f"the episode shape (`test_ways` {cfg.episode_shape('test')[0]}, `test_queries`)"
-    check_fits(probe, batch_size, device, f"a batch of {batch_size} test episodes", options)
+    batch_size = checked_batch_size(algorithm, fixed, device, options)
     result = evaluate(algorithm, fixed, device, split="test", batch_size=batch_size)
     paper = setting.paper
     return {

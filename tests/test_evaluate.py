@@ -12,7 +12,13 @@ import torch
 from lifelong.algorithms.base import Algorithm, MetaLoss
 from lifelong.data.classes import ClassDataset, ClassInfo
 from lifelong.data.episodes import EpisodeSampler
-from lifelong.pipeline.evaluate import Evaluation, confidence_interval, episode_metrics, evaluate
+from lifelong.pipeline.evaluate import (
+    Evaluation,
+    confidence_interval,
+    episode_metrics,
+    eval_batch_size,
+    evaluate,
+)
 
 
 class NearestMean(Algorithm):
@@ -82,3 +88,17 @@ def test_separable_classes_are_solved_and_episodes_are_reproducible():
 def test_regression_results_are_mse():
     result = Evaluation("mse", 0.123456, 0.01, 100, 0, 10, 10, "test", 1)
     assert str(result) == "mse 0.1235 ± 0.01 (test, 10-shot 10-query, 100 episodes)"
+
+
+@pytest.mark.parametrize(
+    ("ways", "shots", "queries", "size", "batch"),
+    [(5, 1, 15, 28, 25), (20, 5, 5, 28, 12), (20, 5, 5, 56, 3), (5, 1, 15, 84, 3)],
+)
+def test_large_episodes_are_evaluated_a_few_at_a_time(ways, shots, queries, size, batch):
+    """25 validation episodes of 20-way 5-shot at 56 x 56 pixels once took 13.6 GB."""
+    images = torch.zeros(ways * (shots + queries), 1, size, size, dtype=torch.uint8)
+    dataset = ClassDataset(
+        images, [shots + queries] * ways, [ClassInfo(str(i)) for i in range(ways)]
+    )
+    episode = EpisodeSampler(dataset, ways, shots, queries).sample(1)
+    assert eval_batch_size(episode) == batch

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from lifelong.algorithms.base import Algorithm
 from lifelong.algorithms.embedding import eval_mode
-from lifelong.data.episodes import EpisodeSet
+from lifelong.data.episodes import EpisodeBatch, EpisodeSet
 from lifelong.pipeline.data import episode_count, load_data
 from lifelong.pipeline.device import resolve_device
 from lifelong.pipeline.memory import check_fits
@@ -32,7 +32,34 @@ from lifelong.pipeline.trained import load_trained
 from lifelong.stats import confidence_interval, format_mean_ci
 
 EVAL_BATCH = 25
-"""Test episodes evaluated together."""
+"""Test episodes evaluated together, at most."""
+EVAL_VALUES = 2_000_000
+"""Input values (images x channels x height x width) evaluated in one forward, at most: 25
+Omniglot episodes of 5-way 1-shot 15-query (1.6M); 3 of 20-way 5-shot 5-query at 56 x 56
+pixels (25 of those took 13.6 GB)."""
+
+
+def eval_batch_size(episode: EpisodeBatch) -> int:
+    """How many episodes shaped like ``episode`` are evaluated together: :data:`EVAL_BATCH`,
+    fewer for large ones (:data:`EVAL_VALUES`)."""
+    values = episode.support_x[0].numel() + episode.query_x[0].numel()
+    return max(1, min(EVAL_BATCH, EVAL_VALUES // max(values, 1)))
+
+
+def checked_batch_size(
+    algorithm: Algorithm, fixed: EpisodeSet, device: torch.device, options: str
+) -> int:
+    """:func:`eval_batch_size` of ``fixed``, after checking that a batch of that many
+    episodes fits in the free memory of ``device`` (:func:`check_fits`; ``options`` names
+    what lowers it)."""
+    size = min(eval_batch_size(next(iter(fixed.batches(1)))), len(fixed))
+
+    def probe(count: int) -> None:
+        with eval_mode(algorithm):
+            algorithm.evaluate(next(iter(fixed.batches(count))).to(device))
+
+    check_fits(probe, size, device, f"a batch of {size} test episodes", options)
+    return size
 
 
 @dataclass(frozen=True)
@@ -91,11 +118,12 @@ def evaluate(
     episodes: EpisodeSet,
     device: torch.device | str = "cpu",
     split: str = "test",
-    batch_size: int = EVAL_BATCH,
+    batch_size: int | None = None,
 ) -> Evaluation:
-    """Adapt to each episode's support set, score its queries; summarise with a 95% CI."""
+    """Adapt to each episode's support set, score its queries, ``batch_size`` episodes at a
+    time (default :func:`eval_batch_size`); summarise with a 95% CI."""
     first = next(iter(episodes.batches(1)))
-    values = episode_metrics(algorithm, episodes, device, batch_size)
+    values = episode_metrics(algorithm, episodes, device, batch_size or eval_batch_size(first))
     mean, ci95 = confidence_interval(values)
     return Evaluation(
         metric="mse" if algorithm.regression else "accuracy",
@@ -140,13 +168,7 @@ def evaluate_run(
     n = episode_count(trained.config) if episodes is None else episodes
     fixed = data.sampler(split, seed=seed).fixed(n, seed=seed)
     algorithm = trained.algorithm.to(device_)
-
-    def probe(size: int) -> None:
-        with eval_mode(algorithm):
-            algorithm.evaluate(next(iter(fixed.batches(size))).to(device_))
-
-    batch_size = min(EVAL_BATCH, n)
     cfg = trained.config
     options = f"the episode shape (`test_ways` {cfg.episode_shape(split)[0]}, `test_queries`)"
-    check_fits(probe, batch_size, device_, f"a batch of {batch_size} test episodes", options)
+    batch_size = checked_batch_size(algorithm, fixed, device_, options)
     return evaluate(algorithm, fixed, device_, split=split, batch_size=batch_size)
