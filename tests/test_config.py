@@ -7,6 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from lifelong.pipeline.config import ConfigError, RunConfig
@@ -121,3 +122,20 @@ def test_reproduction_configs_load_and_build(path):
     algorithm = build_algorithm(cfg, facts)
     assert algorithm.regression == regression
     assert sum(p.numel() for p in algorithm.parameters()) > 1000
+
+
+@pytest.mark.parametrize(("pooling", "dimension"), [(None, 64), (4, 64), (3, 576), (2, 64 * 7 * 7)])
+def test_conv4_pooling_sets_how_many_blocks_pool(pooling, dimension):
+    algorithm = build_algorithm(RunConfig(pooling=pooling), OMNIGLOT)
+    assert algorithm.embedding()(torch.zeros(2, 1, 28, 28)).shape == (2, dimension)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"pooling": 5}, {"pooling": 3, "backbone": "resnet12"}, {"pooling": 3, "strided": True}],
+)
+def test_pooling_is_refused_where_it_cannot_apply(options):
+    with pytest.raises(
+        ConfigError, match=r"`pooling` .*0 to 4 pooled blocks of the conv4 backbone"
+    ):
+        build_algorithm(RunConfig(**options), OMNIGLOT)

@@ -3,7 +3,9 @@
 Vinyals et al. 2016 (Matching Networks), Finn et al. 2017 (MAML, section 5.2) and Snell et al.
 2017 (Prototypical Networks): 4 x [3x3 conv, ``hidden`` filters, batch norm, ReLU, 2x2
 max-pool]. Options give MAML's Omniglot variant (stride-2 convolutions instead of pooling,
-features averaged over space) and its miniImageNet variant (32 filters).
+features averaged over space), its miniImageNet variant (32 filters), and fewer pooled blocks
+(``pooling=3`` on 28 x 28 Omniglot: a 3 x 3 x 64 = 576-d embedding for the cost of the 64-d
+one, the last convolution's output kept whole).
 """
 
 from __future__ import annotations
@@ -13,14 +15,14 @@ from torch import Tensor, nn
 
 
 def conv_block(
-    in_channels: int, out_channels: int, strided: bool, track_running_stats: bool
+    in_channels: int, out_channels: int, strided: bool, track_running_stats: bool, pool: bool
 ) -> nn.Sequential:
     layers: list[nn.Module] = [
         nn.Conv2d(in_channels, out_channels, 3, stride=2 if strided else 1, padding=1),
         nn.BatchNorm2d(out_channels, track_running_stats=track_running_stats),
         nn.ReLU(),
     ]
-    if not strided:
+    if pool and not strided:
         layers.append(nn.MaxPool2d(2))
     return nn.Sequential(*layers)
 
@@ -34,6 +36,7 @@ class Conv4(nn.Module):
         out_features: classes of the linear head; ``None`` for an embedding network (ProtoNet).
         hidden: filters per block (64; 32 in MAML's miniImageNet model).
         strided: MAML's Omniglot variant: stride-2 convolutions, no pooling, spatial mean.
+        pooling: how many blocks, from the first, end in max-pooling (4).
         track_running_stats: ``False`` makes batch norm always use the batch's statistics, as
             MAML does (per-task statistics, transductive); ``True`` is ordinary batch norm.
 
@@ -51,12 +54,19 @@ class Conv4(nn.Module):
         hidden: int = 64,
         strided: bool = False,
         track_running_stats: bool = True,
+        pooling: int = 4,
     ) -> None:
         super().__init__()
         self.strided = strided
         self.features = nn.Sequential(
             *(
-                conv_block(in_channels if i == 0 else hidden, hidden, strided, track_running_stats)
+                conv_block(
+                    in_channels if i == 0 else hidden,
+                    hidden,
+                    strided,
+                    track_running_stats,
+                    pool=i < pooling,
+                )
                 for i in range(4)
             )
         )

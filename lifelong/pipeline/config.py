@@ -108,7 +108,8 @@ class RunConfig:
     ``multi_step_loss`` (the query loss after every inner step, weighted).
 
     Model: ``backbone`` (``conv4``, ``resnet12``, ``mlp``), ``hidden`` (Conv-4: one number of
-    filters; MLP: the hidden widths), ``strided`` (MAML's stride-2 Conv-4), ``distance``,
+    filters; MLP: the hidden widths), ``strided`` (MAML's stride-2 Conv-4), ``pooling``
+    (Conv-4: how many blocks, from the first, end in max-pooling; 4), ``distance``,
     ``distance_p`` and ``temperature`` (ProtoNet: logits ``-d / temperature``), ``precision``
     (ProtoNet: the encoder's autocast dtype, ``float32``, ``bfloat16`` or ``float16``) and
     ``channels_last`` (ProtoNet: the encoder's memory layout).
@@ -185,6 +186,9 @@ class RunConfig:
         None, "conv4: filters (64); mlp: widths, e.g. 40,40.", bound="positive"
     )
     strided: bool = option(False, "MAML's strided Conv-4.")
+    pooling: int | None = option(
+        None, "conv4: blocks ending in max-pooling, from the first (4).", bound="non-negative"
+    )
     distance: str = option(
         "sqeuclidean", "ProtoNet: sqeuclidean, euclidean, lp, cosine.", choices=DISTANCES,
         algorithm_option=True,

@@ -88,6 +88,10 @@ def check_config(cfg: RunConfig, facts: DataFacts) -> None:
         raise ConfigError(
             "`task_construction` makes tasks without labels: set `labels` none, or leave it out"
         )
+    if cfg.pooling is not None and (cfg.backbone != "conv4" or cfg.strided or cfg.pooling > 4):
+        raise ConfigError(
+            f"`pooling` {cfg.pooling}: 0 to 4 pooled blocks of the conv4 backbone (not strided)"
+        )
     if cfg.strided and cfg.backbone != "conv4":
         raise ConfigError(f"`strided` applies to the conv4 backbone only, not to {cfg.backbone}")
     if cfg.hidden is not None:
@@ -163,6 +167,7 @@ def _backbone(cfg: RunConfig, facts: DataFacts, out_features: int | None, track:
         hidden=cfg.hidden[0] if cfg.hidden else 64,
         strided=cfg.strided,
         track_running_stats=track,
+        pooling=4 if cfg.pooling is None else cfg.pooling,
     )
 
 
