@@ -83,9 +83,24 @@ def test_rotation_and_scale_keep_shape_and_range_and_the_same_seed_gives_the_sam
     assert torch.equal(identity, images)
 
 
+def test_strokes_get_thicker_or_thinner_and_elastic_fields_move_ink_smoothly():
+    images = torch.zeros(40, 1, 16, 16, dtype=torch.uint8)
+    images[:, :, 4:12, 6:10] = 255  # a bar 4 pixels wide
+    views = Augmentation(stroke=1.0)(images, torch.Generator().manual_seed(0))
+    ink = (views > 0).sum(dim=(1, 2, 3)).tolist()
+    assert set(ink) == {10 * 6, 6 * 2}  # dilated by one pixel each side, or eroded
+    assert 10 < ink.count(60) < 30  # about half of each
+    bent = Augmentation(elastic=2.0)(images, torch.Generator().manual_seed(1))
+    assert bent.shape == images.shape and bent.dtype == torch.uint8
+    assert not torch.equal(bent, images)
+    moved = (bent.float() - images.float()).abs().mean(dim=(1, 2, 3))
+    assert bool((moved < 255 * 0.25).all())  # displaced by at most 2 pixels, not scrambled
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
-    [({"shift": -1}, "shift"), ({"scale": 0}, "scale"), ({"scale": 1.5}, "scale"),
+    [({"shift": -1}, "shift"), ({"elastic": -1}, "elastic"), ({"stroke": 1.5}, "stroke"),
+     ({"scale": 0}, "scale"), ({"scale": 1.5}, "scale"),
      ({"dropout": 1.0}, "dropout"), ({"rotate": -5}, "rotate")],
 )  # fmt: skip
 def test_bad_augmentations_are_refused(options, message):

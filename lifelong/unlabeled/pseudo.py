@@ -44,6 +44,7 @@ from torch import Tensor
 from lifelong.data.episodes import EpisodeBatch, to_device
 from lifelong.unlabeled.augment import Augmentation
 from lifelong.unlabeled.base import TaskConstruction
+from lifelong.unlabeled.umtra import UMTRA
 
 if TYPE_CHECKING:
     from lifelong.algorithms.base import Algorithm
@@ -99,16 +100,13 @@ class PseudoSupervised(TaskConstruction):
         "queue": 4096,
         "sinkhorn_iterations": 3,
         "temperature": 0.05,
-        "shift": 6.0,
-        "rotate": 0.0,
-        "scale": 1.0,
-        "dropout": 0.1,
+        **UMTRA.options,
     }
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
         s = self.settings
-        self.augment = Augmentation(s["shift"], s["rotate"], s["scale"], s["dropout"])
+        self.augment = Augmentation.of(s)
         self.size, self.iterations = int(s["queue"]), int(s["sinkhorn_iterations"])
         least = self.ways * (self.shots + 1)
         checks = {

@@ -32,16 +32,11 @@ class UMTRA(TaskConstruction):
     """Random images as one-shot classes, augmented copies as their queries."""
 
     name = "umtra"
-    options: ClassVar[Mapping[str, float | str]] = {
-        "shift": 6.0,
-        "rotate": 0.0,
-        "scale": 1.0,
-        "dropout": 0.1,
-    }
+    options: ClassVar[Mapping[str, float | str]] = Augmentation.options(shift=6.0, dropout=0.1)
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
-        self.augment = Augmentation(**self.settings)
+        self.augment = Augmentation.of(self.settings)
 
     def draw(self, count: int, generator: torch.Generator) -> EpisodeBatch:
         n, shape = self.pool.shape[0], self.pool.shape[1:]
