@@ -25,6 +25,7 @@ import argparse
 import csv
 import json
 import platform
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,17 +56,13 @@ def trained_minutes(run_dir: Path) -> float | None:
     return max(seconds) / 60 if seconds else None
 
 
-def measure(name: str, run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+def measure(
+    name: str, run_dir: Path, args: argparse.Namespace, save: Callable[[dict[str, Any]], None]
+) -> dict[str, Any]:
+    """The run's four test results and its curve, ``save``d after every result."""
     config = RunConfig.from_yaml(run_dir / "config.yaml")
-    results = {}
-    for ways, shots in SETTINGS:
-        result = evaluate_run(
-            run_dir, ways=ways, shots=shots, queries=15, episodes=args.episodes,
-            data_root=args.data_root, checkpoint=args.checkpoint, device="cpu",
-        )  # fmt: skip
-        results[f"{ways}w{shots}s"] = {"mean": 100 * result.mean, "ci95": 100 * result.ci95}
-        print(f"{name} {ways}-way {shots}-shot: {100 * result.mean:.2f} ± {100 * result.ci95:.2f}")
-    return {
+    results: dict[str, Any] = {}
+    record = {
         "name": name,
         "run": str(run_dir),
         "labels": config.labels,
@@ -79,6 +76,15 @@ def measure(name: str, run_dir: Path, args: argparse.Namespace) -> dict[str, Any
         "results": results,
         "curve": validation_curve(run_dir),
     }
+    for ways, shots in SETTINGS:
+        result = evaluate_run(
+            run_dir, ways=ways, shots=shots, queries=15, episodes=args.episodes,
+            data_root=args.data_root, checkpoint=args.checkpoint, device="cpu",
+        )  # fmt: skip
+        results[f"{ways}w{shots}s"] = {"mean": 100 * result.mean, "ci95": 100 * result.ci95}
+        print(f"{name} {ways}-way {shots}-shot: {100 * result.mean:.2f} ± {100 * result.ci95:.2f}")
+        save(record)
+    return record
 
 
 def plot(records: list[dict[str, Any]], path: Path) -> None:
@@ -113,6 +119,9 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=1000)
     parser.add_argument("--checkpoint", default="best", choices=("best", "last"))
     parser.add_argument("--out", default="benchmarks/results/unsupervised_omniglot")
+    parser.add_argument(
+        "--merge", action="store_true", help="Keep the other runs of an existing --out report."
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     report: dict[str, Any] = {
@@ -124,10 +133,19 @@ def main() -> None:
     }  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    path = out.with_suffix(".json")
+    if args.merge and path.exists():  # keep the runs measured before, unless measured again
+        names = {item.partition("=")[0] for item in args.run}
+        report["runs"] = [r for r in json.loads(path.read_text())["runs"] if r["name"] not in names]
+    done = list(report["runs"])
     for item in args.run:
         name, _, run = item.partition("=")
-        report["runs"].append(measure(name, Path(run), args))
-        out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+
+        def save(record: dict[str, Any]) -> None:
+            report["runs"] = [*done, record]
+            path.write_text(json.dumps(report, indent=1) + "\n")
+
+        done.append(measure(name, Path(run), args, save))
     plot(report["runs"], out.with_suffix(".png"))
 
 
