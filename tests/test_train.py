@@ -207,8 +207,13 @@ def test_every_algorithm_trains_saves_and_evaluates(algorithm, options, tmp_path
     assert result.episodes == 2 and math.isfinite(result.mean)
 
 
-def test_maml_resume_through_train_matches_an_uninterrupted_run(tmp_path):
-    cfg = RunConfig(algorithm="maml", iterations=4, out=str(tmp_path / "straight"), **STROKES)
+@pytest.mark.parametrize(
+    "options", [{}, {"labels": "none", "task_construction": "umtra"}], ids=["labels", "no-labels"]
+)
+def test_maml_resume_through_train_matches_an_uninterrupted_run(options, tmp_path):
+    cfg = RunConfig(
+        algorithm="maml", iterations=4, out=str(tmp_path / "straight"), **{**STROKES, **options}
+    )
     train(cfg, progress=False)
     parts = cfg.override(iterations=2, out=str(tmp_path / "parts"))
     train(parts, progress=False)

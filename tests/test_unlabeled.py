@@ -174,17 +174,6 @@ def test_training_without_labels_never_reads_the_training_labels(tmp_path, monke
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_training_without_labels_resumes_exactly(tmp_path):
-    cfg = RunConfig(**STROKES, iterations=4, out=str(tmp_path / "straight"))
-    train(cfg, progress=False)
-    parts = cfg.override(iterations=2, out=str(tmp_path / "parts"))
-    train(parts, progress=False)
-    train(parts.override(iterations=4), resume=True, progress=False)
-    straight = load_checkpoint(tmp_path / "straight", "last")["algorithm"]
-    resumed = load_checkpoint(tmp_path / "parts", "last")["algorithm"]
-    assert all(torch.equal(resumed[k], v) for k, v in straight.items())
-
-
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
