@@ -128,7 +128,7 @@ def test_resume_after_a_kill_reaches_exactly_the_uninterrupted_parameters(tmp_pa
         line.rsplit(",", 1)[0] for line in logs[1]
     ]
     seconds = [float(line.rsplit(",", 1)[1]) for line in logs[0][1:]]
-    assert seconds == sorted(seconds) and seconds[0] > 0
+    assert seconds == sorted(seconds)  # rounded to 0.01 s: a fast first row reads 0.0
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path):
