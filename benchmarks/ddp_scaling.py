@@ -107,7 +107,7 @@ def rank_main(rank: int, size: int, port: int, job: dict[str, Any], result: Path
             seed_everything(0)
             algorithm = build_algorithm(cfg, facts)
             seed_everything(rank_seed(0, rank))
-            sampler = EpisodeSampler(data, cfg.ways, cfg.shots, cfg.queries, seed=0, stream=rank)
+            sampler = EpisodeSampler(data, cfg.ways, cfg.shots, cfg.queries, seed=0)
             trainer = Trainer(algorithm, cfg, sampler, folder, facts, None, device, False)
             seconds = []
             for _ in range(job["steps"]):

@@ -7,11 +7,15 @@ entry of every row, and writes
 * ``reproduce_table.md``: a markdown table for the README, one line per test of every row file
   in ``lifelong/reproduce_rows/`` (rows without a result say "not run"): the published value, ours
   with its 95% confidence interval, whether ours is better, within the paper's interval or
-  worse, the iterations trained, the training wall-clock, the machine, and a reference to the
-  row's list of differences from the paper, printed under the table;
+  worse and the outcome (reached; not reached at the paper's iterations; stopped at the budget,
+  still rising or levelled off), the minutes validation took to reach the paper's value on this
+  machine (where validation has the test's shape), the iterations trained, the training
+  wall-clock, the machine, and a reference to the row's list of differences from the paper,
+  printed under the table;
 * ``reproduce.png``: accuracy (MSE for sinusoids) against training time, one panel per task
-  (dataset and episode shape), every entry of every row (so a row run with several budgets
-  draws its curve), the published values as dashed lines of the same colour.
+  (dataset and episode shape): each row's validation curve (of its latest entry, where
+  validation has the panel's shape) as a line, every test entry of every row as a point, the
+  published values as dashed lines of the same colour.
 
 Usage:
     python benchmarks/reproduce_table.py [--results FILE] [--out-dir DIR]
@@ -37,7 +41,10 @@ UNCONFIRMED = "†"
 LEGEND = (
     "Accuracy in % (sinusoids: MSE), mean ± 95% confidence interval over the test episodes "
     "of the row file. *vs paper*: within = the two differ by less than the paper's 95% "
-    "interval (ours when the paper gives none). " + UNCONFIRMED + " = a published value not "
+    "interval (ours when the paper gives none), then the outcome; *still rising*: the best "
+    "validation of the last quarter of the training time beats the best before it. *Time to "
+    "paper*: training minutes until validation (the test's shape, other classes) first reached "
+    "the paper's value, on the machine named. " + UNCONFIRMED + " = a published value not "
     "checked against the paper itself (read off a figure, or taken from a transcription). "
     "Iterations: trained / the paper's; *time limit* = stopped by the row's budget. "
     "Rows are run with `lifelong reproduce ROW`."
@@ -89,12 +96,44 @@ def _minutes(record: dict[str, Any]) -> str:
     return spent if limit is None else f"{spent} (limit {limit:g})"
 
 
+def _validated(record: dict[str, Any], row: Row, test_name: str) -> bool:
+    """Whether the record's validation curve has the shape of the row's test ``test_name``."""
+    setting = next(t for t in row.tests if t.name == test_name)
+    shape = setting.config(row.train).episode_shape("test")[:2]
+    return bool(record.get("validation_curve")) and record.get("validation_shape") == list(shape)
+
+
+def _outcome(record: dict[str, Any], result: dict[str, Any], metric: str) -> str:
+    """``verdict: outcome`` (the outcome computed again for records written before it was)."""
+    if not result.get("verdict"):
+        return ""
+    found = result.get("outcome")
+    if found is None:
+        curve = [tuple(point) for point in record.get("validation_curve") or []]
+        found = reproduce.outcome(
+            result["verdict"],
+            record["iterations"],
+            record["planned_iterations"],
+            bool(record.get("stopped_by_time_limit")),
+            reproduce.still_rising(curve, metric),
+        )
+    return f"{result['verdict']}: {found}"
+
+
+def _time_to_paper(record: dict[str, Any], row: Row, result: dict[str, Any]) -> str:
+    if not _validated(record, row, result["name"]) or result["paper"]["value"] is None:
+        return ""
+    seconds = result.get("validation_seconds_to_paper")
+    return "not reached" if seconds is None else f"{seconds / 60:.1f} min"
+
+
 def render(records: list[dict[str, Any]], rows: list[Row]) -> str:
     """The markdown table and the differences under it."""
     last = latest(records)
     header = (
-        "| Row | Test | Paper | Ours | vs paper | Iterations | Training | Machine | Differs |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| Row | Test | Paper | Ours | vs paper | Time to paper | Iterations | Training "
+        "| Machine | Differs |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     )
     lines, notes = list(header), []
     for row in ordered(rows):
@@ -112,14 +151,15 @@ def render(records: list[dict[str, Any]], rows: list[Row]) -> str:
             cells = [f"`{row.name}`", test.name, published]
             result = found.get(test.name)
             if result is None:
-                cells += ["not run", "", "", "", "", ref]
+                cells += ["not run", "", "", "", "", "", ref]
             else:
                 iterations = f"{record['iterations']:,} / {record['planned_iterations']:,}"
                 if record.get("stopped_by_time_limit"):
                     iterations += " (time limit)"
                 cells += [
                     _number(result["mean"], result["ci95"], result["metric"]),
-                    result.get("verdict") or "",
+                    _outcome(record, result, result["metric"]),
+                    _time_to_paper(record, row, result),
                     iterations,
                     _minutes(record),
                     _machine(record),
@@ -180,6 +220,12 @@ def plot(records: list[dict[str, Any]], rows: list[Row], path: Path) -> Path:
             paper = next(t.paper for t in row.tests if t.name == test_name)
             if paper.value is not None:
                 ax.axhline(scale * paper.value, color=colour, ls="--", lw=1)
+            record = latest(records).get(row.name)
+            if record is not None and _validated(record, row, test_name):
+                minutes, values = zip(*record["validation_curve"], strict=True)
+                ax.plot([m / 60 for m in minutes], [scale * v for v in values], color=colour,
+                        lw=1, alpha=0.6)  # fmt: skip
+                span = max(span, minutes[-1] / 60)
             points = sorted(
                 (r["train_seconds"] / 60, res["mean"], res["ci95"] or 0.0)
                 for r in records
@@ -202,7 +248,7 @@ def plot(records: list[dict[str, Any]], rows: list[Row], path: Path) -> Path:
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     unknown = sorted({r["row"] for r in records if r["row"] not in by_name})
-    note = "dashed: published values; points: ours (95% CI)"
+    note = "dashed: published values; lines: our validation; points: our tests (95% CI)"
     if unknown:
         note += f"; not drawn (no row file): {', '.join(unknown)}"
     fig.suptitle(f"Reproductions: accuracy against training time ({note})", fontsize=10)

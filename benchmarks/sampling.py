@@ -1,8 +1,10 @@
 """Episode sampling speed: episodes per second of :class:`EpisodeSampler` on Omniglot-shaped data.
 
 Two episode shapes, 5-way 1-shot 15-query and 20-way 5-shot 15-query, in batches of 32; timed
-for the sampler alone (``uint8`` batches) and for the sampler plus ``.to("cpu")`` (the float
-conversion every training step does), with 1 torch thread and with torch's default number.
+for the sampler alone (``uint8`` batches: each task from its own keyed generator, as training
+draws them, and the whole batch from one generator, the cost of keying) and for the sampler plus
+``.to("cpu")`` (the float conversion every training step does), with 1 torch thread and with
+torch's default number.
 The data is the real Omniglot meta-training split (Vinyals classes with rotations) when
 :mod:`lifelong.data.omniglot` finds the archives, else a synthetic dataset of the same shape
 (4800 classes x 20 images x 1x28x28).
@@ -90,8 +92,10 @@ def main() -> None:
         torch.set_num_threads(threads)
         for ways, shots, queries in SHAPES:
             sampler = EpisodeSampler(dataset, ways, shots, queries, seed=0)
+            one = torch.Generator().manual_seed(0)
             for what, step in (
                 ("sampler", lambda s=sampler: s.sample(BATCH)),
+                ("sampler, one generator per batch", lambda s=sampler, g=one: s.draw(BATCH, g)),
                 ("sampler+to_float", lambda s=sampler: s.sample(BATCH).to("cpu")),
             ):
                 rates = episodes_per_second(step, args.seconds, args.repeats)

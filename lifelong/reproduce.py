@@ -32,7 +32,10 @@ episodes (:func:`lifelong.pipeline.evaluate.evaluate`: mean and 95% confidence i
 run's checkpoint is loaded once for all its tests) and appends one JSON line to
 ``benchmarks/results/reproduce.jsonl`` under the working directory (or ``--results``): the row,
 the paper's values, ours, iterations, training wall-clock, time limit, machine, versions, commit
-(of a source checkout; ``None`` for an installed package) and the differences.
+(of a source checkout; ``None`` for an installed package) and the differences; the validation
+accuracy against training time (``metrics.csv``), the time it took validation to reach the
+paper's value where it is measured on the test's shape, and each test's :func:`outcome`
+(reached; not reached at the paper's iterations; or stopped at the budget, still rising or not).
 ``benchmarks/reproduce_table.py`` turns the repository's file into the README's table and plot.
 
 Importing this module stays light (no torch): training and testing import what they need when
@@ -387,6 +390,61 @@ def train_row(
 
 
 # ------------------------------------------------------------------------------ the record
+def validation_curve(run_dir: Path) -> list[tuple[float, float]]:
+    """``(seconds of training, validation metric)`` of every validation of a run (the rows of
+    its ``metrics.csv`` that have a clock: runs before the clock column have none)."""
+    import csv
+
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == "val" and r.get("seconds")]
+    return [(float(r["seconds"]), float(r["metric"])) for r in rows]
+
+
+def _reaches(value: float, target: float, metric: str) -> bool:
+    return value >= target if metric == "accuracy" else value <= target
+
+
+def time_to(curve: list[tuple[float, float]], target: float, metric: str) -> float | None:
+    """The seconds of training after which ``curve`` first reached ``target`` (``None``:
+    never)."""
+    return next((t for t, value in curve if _reaches(value, target, metric)), None)
+
+
+def still_rising(curve: list[tuple[float, float]], metric: str) -> bool | None:
+    """Whether the best validation of the last quarter of a curve's time beats the best
+    before it (``None``: too few validations to tell)."""
+    if len(curve) < 4:
+        return None
+    cut = 0.75 * curve[-1][0]
+    sign = 1.0 if metric == "accuracy" else -1.0
+    before = [sign * v for t, v in curve if t <= cut]
+    late = [sign * v for t, v in curve if t > cut]
+    if not before or not late:
+        return None
+    return max(late) > max(before)
+
+
+def outcome(
+    verdict_: str | None, iterations: int, planned: int, stopped: bool, rising: bool | None
+) -> str | None:
+    """``reached`` (better or within the paper), ``not reached at the paper's iterations``, or
+    ``stopped at the budget (x% of the paper's iterations; still rising | levelled off)`` (a
+    run ``stopped`` by its time limit after ``iterations`` of the ``planned``; ``rising``:
+    :func:`still_rising`); ``None`` without a published value."""
+    if verdict_ is None:
+        return None
+    if verdict_ in ("better", "within"):
+        return "reached"
+    if not stopped:
+        return "not reached at the paper's iterations"
+    share = 100 * iterations / planned
+    trend = {True: "; still rising", False: "; levelled off", None: ""}[rising]
+    return f"stopped at the budget ({share:.2g}% of the paper's iterations{trend})"
+
+
 def verdict(ours: float, ours_ci: float | None, paper: PaperValue, metric: str) -> str | None:
     """``better``, ``within`` or ``worse`` than the paper: within when the values differ by
     less than the paper's 95% interval (ours when the paper gives none); better is higher
@@ -527,7 +585,24 @@ def reproduce(
         drift = {}
     tested = load_trained(training.run_dir)  # the best checkpoint (else the last), once
     used = resolve_device(device or tested.config.device)
-    tests = [_test_run(setting, tested, used, data_root) for setting in row.tests]
+    curve = validation_curve(training.run_dir)
+    rising = still_rising(curve, row.metric)
+    validated = tested.config.episode_shape("val")[:2]
+    tests = []
+    for setting in row.tests:
+        test = _test_run(setting, tested, used, data_root)
+        test["outcome"] = outcome(
+            test["verdict"],
+            training.iterations,
+            row.train.iterations,
+            training.stopped_by_time_limit,
+            rising,
+        )
+        same_shape = setting.config(tested.config).episode_shape("test")[:2] == validated
+        paper = setting.paper.value
+        reached = time_to(curve, paper, row.metric) if same_shape and paper is not None else None
+        test["validation_seconds_to_paper"] = None if reached is None else round(reached, 1)
+        tests.append(test)
     notes = [
         f"the run differs from the row in {k}: row {a!r}, run {b!r}" for k, (a, b) in drift.items()
     ]
@@ -553,6 +628,8 @@ def reproduce(
         "train_seconds_from": training.seconds_from,
         "time_limit_minutes": budget,
         "stopped_by_time_limit": training.stopped_by_time_limit,
+        "validation_shape": list(validated),
+        "validation_curve": [[round(t, 1), v] for t, v in curve],
         "device": used.type,
         "machine": machine(used),
         "torch": torch.__version__,
@@ -687,7 +764,7 @@ def reproduce_command(
     )
     for r in record["results"]:
         paper = describe(r["paper"]["value"], r["paper"]["ci95"], r["metric"])
-        verdict_ = f": {r['verdict']}" if r["verdict"] else ""
+        verdict_ = f": {r['verdict']}, {r['outcome']}" if r["verdict"] else ""
         typer.echo(
             f"{spec.name} {r['name']}: {describe(r['mean'], r['ci95'], r['metric'])} "
             f"(paper {paper}{verdict_})"

@@ -47,9 +47,9 @@ def pool() -> torch.Tensor:
 
 
 def make(pool: torch.Tensor, run: str, ways: int = 3, shots: int = 1, queries: int = 2,
-         seed: int = 0, stream: int = 0, **options: object) -> CACTUs:  # fmt: skip
+         seed: int = 0, **options: object) -> CACTUs:  # fmt: skip
     options = {"embedding": run, "clusters": 8, "partitions": 4, **options}
-    return CACTUs(pool, ways, shots, queries, seed, stream, options=options)
+    return CACTUs(pool, ways, shots, queries, seed, options=options)
 
 
 def test_each_class_is_one_cluster_and_the_classes_distinct_clusters_of_one_partition(pool, run):
@@ -87,7 +87,6 @@ def test_the_partitions_come_from_the_seed_alone_and_draws_resume_exactly(pool, 
         embed_pool(run, pool), 8, 4, 20, stream_generator(0, cactus.PARTITION_STREAM)
     )
     assert torch.equal(construction.labels, expected)
-    assert torch.equal(make(pool, run, stream=3).labels, expected)  # every rank and worker
     assert not torch.equal(make(pool, run, seed=1).labels, expected)
     same = make(pool, run)
     first, again = construction.sample(4), same.sample(4)
@@ -96,7 +95,7 @@ def test_the_partitions_come_from_the_seed_alone_and_draws_resume_exactly(pool, 
     )
     state = construction.state_dict()
     ahead = construction.sample(3)
-    resumed = make(pool, run, stream=0)
+    resumed = make(pool, run)
     resumed.load_state_dict(state)
     assert torch.equal(resumed.sample(3).query_x, ahead.query_x)
     fixed = [b.support_x for b in construction.fixed(5, seed=2).batches(2)]

@@ -123,9 +123,16 @@ def test_slda_is_lda_with_the_shrunk_pooled_covariance():
     # with one example per class there is no spread yet: the nearest (Euclidean) mean
     single = SLDA(identity, CLASSES)
     single.observe(x[:CLASSES], y[:CLASSES])
-    assert torch.equal(
-        single.predict(q.float()).argmax(-1), torch.cdist(q.float(), x[:CLASSES]).argmin(-1)
-    )
+    nearest = torch.cdist(q.float(), x[:CLASSES]).argmin(-1)
+    assert torch.equal(single.predict(q.float()).argmax(-1), nearest)
+    # ... also when other classes were forgotten: subtracting their features from the Gram
+    # matrix leaves rounding, not spread
+    assert single.stats is not None and single.stats.gram is not None
+    forgotten = 1e3 * torch.randn(500, DIM, dtype=torch.float64)
+    single.stats.gram += forgotten.T @ forgotten
+    single.stats.gram -= forgotten.T @ forgotten
+    single._fitted = None
+    assert torch.equal(single.predict(q.float()).argmax(-1), nearest)
 
 
 def test_gaussian_map_and_predictive_formulas():

@@ -28,7 +28,7 @@ import torch.distributed as dist
 from test_train import FACTS, TRAIN, VAL, TinyProto
 from torch import nn
 
-from lifelong.data.episodes import EpisodeBatch, EpisodeSampler
+from lifelong.data.episodes import EpisodeSampler
 from lifelong.pipeline.checkpoint import load_checkpoint
 from lifelong.pipeline.config import ConfigError, RunConfig
 from lifelong.pipeline.device import resolve_device
@@ -104,35 +104,16 @@ def spawn(worker: Callable[..., None], *args: Any, size: int = 2, limit: float =
     return [p.exitcode for p in ranks]
 
 
-class Union:
-    """The episodes of several rank streams, concatenated in rank order: what a distributed
-    step sees in all, drawn in one process."""
-
-    def __init__(self, samplers: list[EpisodeSampler]) -> None:
-        self.samplers = samplers
-
-    def sample(self, batch_size: int) -> EpisodeBatch:
-        share = batch_size // len(self.samplers)
-        return EpisodeBatch.cat([s.sample(share) for s in self.samplers])
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {f"generator{i}": s.generator.get_state() for i, s in enumerate(self.samplers)}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        for i, s in enumerate(self.samplers):
-            s.generator.set_state(state[f"generator{i}"])
-
-
 def zero_grad(parameter: torch.Tensor) -> None:
     assert parameter.grad is not None
     parameter.grad.zero_()
 
 
 def make_trainer(
-    run_dir: Path, algorithm: str, iterations: int, streams: list[int], **options: Any
+    run_dir: Path, algorithm: str, iterations: int, rank: int, **options: Any
 ) -> Trainer:
     """A Trainer of ``algorithm`` (``tiny``: test_train's TinyProto, which draws from every
-    global generator) on the tiny data, drawing from the episode ``streams``."""
+    global generator) on the tiny data, as rank ``rank`` would build it."""
     cfg = RunConfig(
         **{**SETTINGS, **options},
         algorithm="protonet" if algorithm == "tiny" else algorithm,
@@ -144,9 +125,8 @@ def make_trainer(
     for name, parameter in model.named_parameters():
         if BEFORE_BATCH_NORM.fullmatch(name.split(".", 1)[1]):
             parameter.register_post_accumulate_grad_hook(zero_grad)
-    seed_everything(rank_seed(0, streams[0]))
-    samplers = [EpisodeSampler(TRAIN, 3, 1, 2, seed=0, stream=s) for s in streams]
-    sampler = samplers[0] if len(samplers) == 1 else Union(samplers)
+    seed_everything(rank_seed(0, rank))
+    sampler = EpisodeSampler(TRAIN, 3, 1, 2, seed=0)
     validation = EpisodeSampler(VAL, 3, 1, 2).fixed(cfg.val_episodes, seed=0)
     return Trainer(model, cfg, sampler, run_dir, FACTS, validation, progress=False)
 
@@ -171,66 +151,83 @@ ITERATIONS = 4
 ALGORITHMS = ("maml", "protonet", "finetune")
 
 
-def _train_ranks(rank: int, folder: Path) -> None:
+def _train_ranks(rank: int, folder: Path, size: int) -> None:
     for algorithm in ALGORITHMS:
-        run_dir = folder / f"{algorithm}-rank{rank}"  # rank 1's folder must stay unwritten
-        make_trainer(run_dir, algorithm, ITERATIONS, streams=[rank]).fit()
+        run_dir = folder / f"{algorithm}-{size}-rank{rank}"  # only rank 0's folder is written
+        make_trainer(run_dir, algorithm, ITERATIONS, rank).fit()
+    # half the run, to be resumed on another number of processes
+    make_trainer(folder / f"half-{size}-rank{rank}", "maml", ITERATIONS // 2, rank).fit()
+    if size > 2:
+        return
     # a time limit that ends the run after its first step: rank 0's clock decides for both
-    timed = make_trainer(folder / f"timed-rank{rank}", "tiny", 1000, [rank], time_limit=1e-9)
+    timed = make_trainer(folder / f"timed-rank{rank}", "tiny", 1000, rank, time_limit=1e-9)
     assert timed.fit().step == 1
     with pytest.raises(ConfigError, match="meta_batch 3 cannot be split evenly over 2"):
-        make_trainer(folder / "never", "tiny", 1, [rank], meta_batch=3)
+        make_trainer(folder / "never", "tiny", 1, rank, meta_batch=3)
     with pytest.raises(ConfigError, match="oml meta-trains on whole meta-batches"):
         Trainer(TinyProto(), RunConfig(algorithm="oml"), None, folder / "never", FACTS)
 
 
 @pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """MAML, ProtoNet and the fine-tuning baseline, 4 iterations each, on 2 ranks of 2
-    episodes (meta-batch 4); then a run stopped by its time limit, and the settings that
-    cannot be split over ranks (both ranks check them)."""
-    folder = tmp_path_factory.mktemp("two_ranks")
-    assert spawn(_train_ranks, folder) == [0, 0]
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MAML, ProtoNet and the fine-tuning baseline, 4 iterations each, on 2 ranks (2 episodes
+    each) and on 4 ranks (1 each) of meta-batch 4, and MAML for 2 of the 4 iterations; then,
+    on 2 ranks, a run stopped by its time limit and the settings that cannot be split over
+    ranks (both ranks check them)."""
+    folder = tmp_path_factory.mktemp("ranks")
+    assert spawn(_train_ranks, folder, 2) == [0, 0]
+    assert spawn(_train_ranks, folder, 4, size=4) == [0, 0, 0, 0]
     return folder
 
 
+def assert_same_parameters(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for name, value in a.items():
+        assert torch.allclose(b[name], value, rtol=1e-4, atol=1e-6), name
+
+
+@pytest.mark.parametrize("size", [2, 4])
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_two_ranks_reach_the_parameters_of_one_process_with_their_tasks(
-    two_ranks, tmp_path, algorithm
-):
-    """k = 4 meta-iterations on 2 ranks (2 episodes each, meta-batch 4) = one process with
-    meta-batch 4 made of the same tasks (both ranks' streams, concatenated): parameters,
+def test_ranks_reach_the_parameters_of_one_process(ranks, tmp_path, algorithm, size):
+    """k = 4 meta-iterations of meta-batch 4 on 2 or 4 ranks = one process drawing the whole
+    meta-batch: every task comes from the run's one task stream, whoever draws it. Parameters,
     batch-norm running statistics (ProtoNet, fine-tuning: GlobalBatchNorm), logged losses,
-    gradient norms and validation accuracies, to float tolerance."""
-    reference = make_trainer(tmp_path, algorithm, ITERATIONS, streams=[0, 1])
+    gradient norms and validation accuracies agree to float tolerance."""
+    reference = make_trainer(tmp_path, algorithm, ITERATIONS, rank=0)
     start = {k: v.clone() for k, v in reference.algorithm.state_dict().items()}
     reference.fit()
 
-    distributed = load_checkpoint(two_ranks / f"{algorithm}-rank0", "last")["algorithm"]
     trained = reference.algorithm.state_dict()
-    for name, value in trained.items():
-        assert torch.allclose(distributed[name], value, rtol=1e-4, atol=1e-6), name
+    distributed = load_checkpoint(ranks / f"{algorithm}-{size}-rank0", "last")["algorithm"]
+    assert_same_parameters(trained, distributed)
     assert any(not torch.equal(trained[k], start[k]) for k in start)  # it did train
-    assert_same_rows(rows(two_ranks / f"{algorithm}-rank0"), rows(tmp_path))
+    assert_same_rows(rows(ranks / f"{algorithm}-{size}-rank0"), rows(tmp_path))
 
 
-def test_only_rank_zero_writes_files_and_the_checkpoint_holds_every_rank_stream(two_ranks):
-    for algorithm in (*ALGORITHMS, "timed"):
-        assert not (two_ranks / f"{algorithm}-rank1").exists()
-        written = {p.name for p in (two_ranks / f"{algorithm}-rank0").iterdir()}
+def test_only_rank_zero_writes_files_and_the_checkpoint_holds_every_rank_state(ranks):
+    for run in (*(f"{a}-{n}" for a in ALGORITHMS for n in (2, 4)), "timed"):
+        assert not any((ranks / f"{run}-rank{r}").exists() for r in (1, 2, 3))
+        written = {p.name for p in (ranks / f"{run}-rank0").iterdir()}
         assert {"metrics.csv", "last.json", "best.json"} <= written
-    assert not (two_ranks / "never").exists()
-    state = load_checkpoint(two_ranks / "maml-rank0", "last")
-    streams = [rank["sampler"]["generator"] for rank in state["ranks"]]
-    assert len(streams) == 2 and not torch.equal(streams[0], streams[1])
-    assert torch.equal(streams[0], state["sampler"]["generator"])  # rank 0's, as in 1 process
-    assert load_checkpoint(two_ranks / "timed-rank0", "last")["step"] == 1
+    assert not (ranks / "never").exists()
+    state = load_checkpoint(ranks / "maml-4-rank0", "last")
+    assert len(state["ranks"]) == 4
+    assert state["ranks"][0]["rng"]["python"] == state["rng"]["python"]  # rank 0's, as in 1
+    assert state["ranks"][1]["rng"]["python"] != state["rng"]["python"]
+    assert load_checkpoint(ranks / "timed-rank0", "last")["step"] == 1
 
 
-def test_a_run_of_two_ranks_does_not_resume_in_one_process(two_ranks, tmp_path):
-    trainer = make_trainer(tmp_path, "maml", ITERATIONS, streams=[0])
-    with pytest.raises(ConfigError, match=r"trained by 2 process\(es\) and this one has 1"):
-        trainer.load_state_dict(load_checkpoint(two_ranks / "maml-rank0", "last"))
+@pytest.mark.parametrize("size", [2, 4])
+def test_a_run_resumes_on_another_number_of_processes(ranks, tmp_path, size):
+    """The first half of a MAML run on ``size`` ranks, its second half in one process: the
+    parameters of one process throughout."""
+    reference = make_trainer(tmp_path / "one", "maml", ITERATIONS, rank=0)
+    reference.fit()
+    resumed = make_trainer(tmp_path / "resumed", "maml", ITERATIONS, rank=0)
+    resumed.load_state_dict(load_checkpoint(ranks / f"half-{size}-rank0", "last"))
+    assert resumed.step == ITERATIONS // 2
+    resumed.fit()
+    assert_same_parameters(reference.algorithm.state_dict(), resumed.algorithm.state_dict())
 
 
 # ------------------------------------------------------------------------------ resume, failure
@@ -238,7 +235,7 @@ def _tiny_rank(rank: int, folder: Path, run: str, resume: bool, die_at: int | No
     """TinyProto (draws from every global generator) for 6 iterations, checkpoints every 2;
     ``resume``: from the run's last checkpoint; ``die_at``: rank 1 is killed (SIGKILL) as that
     iteration starts."""
-    trainer = make_trainer(folder / run, "tiny", 6, streams=[rank])
+    trainer = make_trainer(folder / run, "tiny", 6, rank)
     if resume:
         trainer.load_state_dict(on_main(lambda: load_checkpoint(folder / run, "last")))
     if die_at is not None and rank == 1:
@@ -268,8 +265,7 @@ def test_a_killed_rank_ends_the_job_and_the_run_resumes_to_the_uninterrupted_res
     assert resumed["step"] == 6
     for name, value in full["algorithm"].items():
         assert torch.equal(resumed["algorithm"][name], value), name
-    for a, b in zip(full["ranks"], resumed["ranks"], strict=True):  # every rank's streams
-        assert torch.equal(a["sampler"]["generator"], b["sampler"]["generator"])
+    for a, b in zip(full["ranks"], resumed["ranks"], strict=True):  # every rank's state
         assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
     logs = [(tmp_path / r / "metrics.csv").read_text().splitlines() for r in ("run", "full")]
     assert [line.rsplit(",", 1)[0] for line in logs[0]] == [  # all but the clock
@@ -363,8 +359,8 @@ def _two_node_reference(cfg: RunConfig) -> tuple[float, float]:
     data = load_data(cfg)
     seed_everything(cfg.seed)
     algorithm = build_algorithm(cfg, data.facts).double().train()
-    streams = [data.sampler("train", seed=cfg.seed, stream=rank) for rank in (0, 1)]
-    out = algorithm.meta_loss(Union(streams).sample(cfg.meta_batch).to("cpu", torch.float64))
+    tasks = data.sampler("train", seed=cfg.seed).tasks(0, cfg.meta_batch)
+    out = algorithm.meta_loss(tasks.to("cpu", torch.float64))
     out.loss.backward()
     norm = nn.utils.clip_grad_norm_(algorithm.parameters(), float("inf"))
     return float(out.loss.detach()), float(norm)
@@ -449,7 +445,7 @@ def test_states_travel_between_ranks_unchanged(one_rank_group):
     state = {"rng": rng_state(), "sampler": EpisodeSampler(TRAIN, 3, 1, 2).state_dict(), "n": 1}
     (gathered,) = all_gather_state(state)
     assert gathered["rng"]["python"] == state["rng"]["python"]
-    assert torch.equal(gathered["sampler"]["generator"], state["sampler"]["generator"])
+    assert torch.equal(gathered["sampler"]["position"], state["sampler"]["position"])
     assert on_main(lambda: state)["n"] == 1
 
 

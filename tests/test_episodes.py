@@ -18,6 +18,7 @@ from lifelong.data.episodes import (
     EpisodeSampler,
     EpisodeSet,
     TaskSampler,
+    TaskStream,
     to_device,
 )
 from lifelong.data.sinusoid import SinusoidSampler
@@ -105,22 +106,35 @@ def test_classes_and_images_are_drawn_uniformly_in_random_order():
 
 def assert_same(a: EpisodeBatch, b: EpisodeBatch) -> None:
     for field in ("support_x", "support_y", "query_x", "query_y", "classes"):
-        assert torch.equal(getattr(a, field), getattr(b, field)), field
+        x, y = getattr(a, field), getattr(b, field)
+        assert (x is None and y is None) or torch.equal(x, y), field
 
 
-def test_same_seed_and_stream_give_the_same_episodes():
-    ds = indexed_dataset([5] * 30)
-    a, b = (EpisodeSampler(ds, 5, 1, 3, seed=7, stream=2) for _ in range(2))
-    for batch_size in (4, 1, 9):
-        assert_same(a.sample(batch_size), b.sample(batch_size))
+def make_stream(kind: str, seed: int) -> TaskStream:
+    if kind == "sinusoid":
+        return SinusoidSampler(5, 5, seed=seed)
+    return EpisodeSampler(indexed_dataset([5] * 30), 5, 1, 3, seed=seed)
 
 
-@pytest.mark.parametrize(("seed", "stream"), [(7, 3), (8, 2)])
-def test_other_streams_and_seeds_differ(seed, stream):
-    ds = indexed_dataset([5] * 30)
-    reference = EpisodeSampler(ds, 5, 1, 3, seed=7, stream=2).sample(16)
-    other = EpisodeSampler(ds, 5, 1, 3, seed=seed, stream=stream).sample(16)
-    assert not torch.equal(reference.classes, other.classes)
+@pytest.mark.parametrize("kind", ["episodes", "sinusoid"])
+def test_a_task_depends_on_the_seed_and_its_index_alone(kind):
+    """However the stream is read (batch sizes, ranks drawing their shares of a step, a
+    resumed position), task i is the same; another seed gives other tasks."""
+    reference = make_stream(kind, 7).tasks(0, 12)
+    read = make_stream(kind, 7)
+    assert_same(EpisodeBatch.cat([read.sample(n) for n in (4, 1, 7)]), reference)
+    for ranks in (2, 3, 4):  # step t of meta-batch 4 on W ranks: rank r draws 4/W from 4t + r*4/W
+        share = 12 // ranks
+        drawn = [make_stream(kind, 7).tasks(r * share, share) for r in range(ranks)]
+        assert_same(EpisodeBatch.cat(drawn), reference)
+    resumed = make_stream(kind, 7)
+    resumed.load_state_dict(make_stream(kind, 7).state_dict() | {"position": torch.tensor(5)})
+    assert_same(resumed.sample(7), reference[5:12])
+    assert read.state_dict()["position"] == 12
+    other = make_stream(kind, 8).tasks(0, 12)
+    assert not torch.equal(reference.support_x, other.support_x)
+    with pytest.raises(ValueError, match="count >= 1"):
+        read.tasks(3, 0)
 
 
 @FAST
@@ -134,7 +148,7 @@ def test_fixed_sets_depend_only_on_their_seed(setting, fixed_seed, drawn_before,
     counts, ways, shots, queries, seed = setting
     ds = indexed_dataset(counts)
     fresh = EpisodeSampler(ds, ways, shots, queries, seed=seed)
-    used = EpisodeSampler(ds, ways, shots, queries, seed=seed + 1, stream=3)
+    used = EpisodeSampler(ds, ways, shots, queries, seed=seed + 1)
     for _ in range(drawn_before):
         used.sample(2)
     a, b = fresh.fixed(11, seed=fixed_seed), used.fixed(11, seed=fixed_seed)
@@ -152,18 +166,6 @@ def test_fixed_sets_of_other_seeds_differ():
     sampler = EpisodeSampler(indexed_dataset([5] * 30), 5, 1, 3)
     a, b = (next(sampler.fixed(16, seed=s).batches(16)) for s in (0, 1))
     assert not torch.equal(a.classes, b.classes)
-
-
-def test_state_dict_round_trip_resumes_the_stream():
-    ds = indexed_dataset([4, 6, 5] * 8)
-    sampler = EpisodeSampler(ds, 5, 2, 2, seed=3)
-    sampler.sample(5)
-    state = sampler.state_dict()
-    expected = [sampler.sample(n) for n in (3, 8)]
-    resumed = EpisodeSampler(ds, 5, 2, 2, seed=99)
-    resumed.load_state_dict(state)
-    for n, batch in zip((3, 8), expected, strict=True):
-        assert_same(resumed.sample(n), batch)
 
 
 def test_rotation_classes_are_sampled_as_classes():

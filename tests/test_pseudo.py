@@ -142,6 +142,7 @@ def test_episodes_are_class_major_with_queue_images_as_supports_and_views_as_que
         assert set(support) <= queued and len(set(support)) == 8
         for k in range(4):  # never another class's own image
             assert not set(support[2 * k : 2 * k + 2]) & (set(anchors) - {anchors[k]})
+        queued |= set(anchors)  # each task of the stream enqueues its anchors
 
 
 def test_the_supports_are_the_queue_images_nearest_in_momentum_features():
@@ -156,7 +157,7 @@ def test_the_supports_are_the_queue_images_nearest_in_momentum_features():
 
     tasks.features = features  # type: ignore[method-assign]
     tasks.queue_features = torch.eye(20)
-    batch = tasks.draw(1, torch.Generator().manual_seed(4))  # (not the stream: no enqueue)
+    batch = tasks.draw(1, torch.Generator().manual_seed(4), stream=False)  # no enqueue
     assert indices(tasks.pool, batch.support_x[0]) == [queue[s] for s in targets]
 
 
@@ -227,7 +228,7 @@ def test_the_state_holds_queue_momentum_copy_and_stream_and_a_copy_resumes_exact
     first = ready(ways=3, shots=2, queries=2, queue=20)
     second = PseudoSupervised(pool(), 3, 2, 2, seed=1, options={"queue": 20, **SAME})
     state = first.state_dict()
-    assert set(state) == {"generator", "queue_index", "queue_features", "momentum"}
+    assert set(state) == {"position", "queue_index", "queue_features", "momentum"}
     second.load_state_dict(state)
     assert second.encoder is None  # the weights wait for the learner's architecture
     for tasks in (first, second):

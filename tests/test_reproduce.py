@@ -30,8 +30,11 @@ from lifelong.reproduce import (
     PaperValue,
     git_commit,
     load_row,
+    outcome,
     reproduce,
     row_names,
+    still_rising,
+    time_to,
     training_time,
     verdict,
 )
@@ -215,6 +218,15 @@ def test_a_tiny_row_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert record["run_dir"] == str(out) and record["differences"] == TINY_ROW["differences"]
     assert record["command"].startswith(f"lifelong reproduce {path} --out {out}")
     assert record["notes"] == [] and record["config_differences"] == {}
+    # validation against training time; the test of the validation's shape gets a time to paper
+    assert record["validation_shape"] == [3, 1] and len(record["validation_curve"]) == 2
+    seconds = [t for t, _ in record["validation_curve"]]
+    assert seconds == sorted(seconds) and all(0 <= v <= 1 for _, v in record["validation_curve"])
+    assert first["outcome"] in ("reached", "not reached at the paper's iterations")
+    assert (first["validation_seconds_to_paper"] is None) == all(
+        v < 0.9 for _, v in record["validation_curve"]
+    )
+    assert second["outcome"] is None and second["validation_seconds_to_paper"] is None
 
 
 def test_an_interrupted_run_is_resumed_within_its_budget(tmp_path: Path) -> None:
@@ -315,6 +327,26 @@ def test_verdicts() -> None:
     assert verdict(0.5, 0.1, PaperValue(None, None, "not published"), "accuracy") is None
 
 
+def test_outcomes_and_time_to_the_paper() -> None:
+    curve = [(60.0, 0.90), (120.0, 0.95), (180.0, 0.96), (240.0, 0.97)]
+    assert time_to(curve, 0.95, "accuracy") == 120.0 and time_to(curve, 0.99, "accuracy") is None
+    assert time_to([(10.0, 0.5), (20.0, 0.3)], 0.4, "mse") == 20.0
+    assert still_rising(curve, "accuracy") is True
+    assert still_rising([*curve, (320.0, 0.965)], "accuracy") is False  # best before the end
+    assert still_rising(curve[:3], "accuracy") is None  # too few to tell
+    assert still_rising([(1.0, 0.5), (2.0, 0.4), (3.0, 0.3), (40.0, 0.35)], "mse") is False
+    assert outcome("within", 10, 100, True, None) == "reached"
+    assert outcome("worse", 100, 100, False, None) == "not reached at the paper's iterations"
+    assert outcome("worse", 2864, 60000, True, True) == (
+        "stopped at the budget (4.8% of the paper's iterations; still rising)"
+    )
+    levelled = outcome("worse", 500, 20000, True, False)
+    assert levelled is not None and levelled.endswith(
+        "(2.5% of the paper's iterations; levelled off)"
+    )
+    assert outcome(None, 1, 2, True, True) is None
+
+
 # ------------------------------------------------------------------------------ the table
 def table_script() -> Any:
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce_table.py"
@@ -340,8 +372,9 @@ def test_the_table_shows_results_and_rows_not_run(tmp_path: Path) -> None:
     table = (tmp_path / "reproduce_table.md").read_text()
     maml = next(line for line in table.splitlines() if line.startswith("| `maml-omniglot-5w1s`"))
     cells = [c.strip() for c in maml.strip("|").split("|")]
-    assert cells[:8] == ["`maml-omniglot-5w1s`", "5-way 1-shot", "98.70 ± 0.40", "97.31 ± 0.41",
-                         "worse", "5,000 / 60,000 (time limit)", "60.0 min (limit 60)",
+    assert cells[:9] == ["`maml-omniglot-5w1s`", "5-way 1-shot", "98.70 ± 0.40", "97.31 ± 0.41",
+                         "worse: stopped at the budget (8.3% of the paper's iterations)", "",
+                         "5,000 / 60,000 (time limit)", "60.0 min (limit 60)",
                          "CPU: Xeon, 2 cores"]  # fmt: skip
     proto = [line for line in table.splitlines() if line.startswith("| `protonet-omniglot-1shot`")]
     assert len(proto) == 2 and all("| 98.80 |" in p or "| 96.00 |" in p for p in proto)

@@ -13,6 +13,7 @@ Layout: inside an episode, support and query are class-major: the support label 
 from __future__ import annotations
 
 import numbers
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from typing import Protocol, runtime_checkable
@@ -136,9 +137,12 @@ class EpisodeSet(Protocol):
 
 @runtime_checkable
 class TaskSampler(Protocol):
-    """What draws the tasks of a run (:class:`EpisodeSampler`,
-    :class:`~lifelong.data.sinusoid.SinusoidSampler`): a deterministic random stream of
-    episode batches, fixed evaluation sets, and a state to checkpoint and resume the stream."""
+    """What draws the tasks of a run (the :class:`TaskStream` samplers): a deterministic,
+    indexed stream of tasks, fixed evaluation sets, and a position to checkpoint."""
+
+    def tasks(self, first: int, count: int) -> EpisodeBatch:
+        """Tasks ``first .. first + count - 1`` of the sampler's stream."""
+        ...
 
     def sample(self, batch_size: int) -> EpisodeBatch:
         """The next ``batch_size`` tasks of the sampler's stream."""
@@ -149,7 +153,7 @@ class TaskSampler(Protocol):
         ...
 
     def state_dict(self) -> dict[str, Tensor]:
-        """The state of the stream (its generator)."""
+        """The position of the stream."""
         ...
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
@@ -158,19 +162,69 @@ class TaskSampler(Protocol):
 
 
 FIXED_STREAM = 2**31 - 1
-"""The stream id of fixed evaluation episode sets (never used by a rank or worker)."""
+"""The stream id of fixed evaluation episode sets."""
+TASK_STREAM = 2**31 - 3
+"""The stream id under which training tasks are keyed by their index (:func:`task_generator`;
+``SeedSequence`` pads keys with zeros, so no other stream may use it)."""
 FIXED_CHUNK = 1024
 """Fixed sets are drawn this many episodes at a time, to bound the memory of the draw."""
 
 
-def stream_generator(seed: int, stream: int = 0) -> torch.Generator:
-    """An independent random stream for (``seed``, ``stream``): workers and ranks use
-    ``stream = rank`` and never share draws (numpy ``SeedSequence`` spawning)."""
-    state = np.random.SeedSequence([seed, stream]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+def stream_generator(seed: int, stream: int = 0, *key: int) -> torch.Generator:
+    """An independent random stream for (``seed``, ``stream``, ``key``...) (numpy
+    ``SeedSequence`` mixing): different keys never share draws."""
+    words = np.random.SeedSequence([seed, stream, *key]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(words[0]) << 32 | int(words[1]))
 
 
-class EpisodeSampler:
+def task_generator(seed: int, task: int) -> torch.Generator:
+    """The generator of task ``task`` of the training stream of ``seed``: every task is drawn
+    from its own, so a task depends on (``seed``, ``task``) alone."""
+    return stream_generator(seed, TASK_STREAM, task)
+
+
+class TaskStream(ABC):
+    """The base of the samplers: an indexed stream of tasks.
+
+    Task ``i`` of the stream is drawn by :meth:`draw` from its own generator
+    (:func:`task_generator`), so the tasks of a meta-batch are the same whether one process
+    draws them all or ``W`` processes draw ``1/W`` each (:meth:`tasks` with their offsets), and
+    a run resumes on any number of processes. :meth:`sample` reads the stream in order from
+    :attr:`position`, the whole checkpointed state.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed, self.position = seed, 0
+
+    @abstractmethod
+    def draw(self, count: int, generator: torch.Generator) -> EpisodeBatch:
+        """``count`` tasks, every random number from ``generator``."""
+
+    def tasks(self, first: int, count: int) -> EpisodeBatch:
+        """Tasks ``first .. first + count - 1`` of the stream (task ``i`` from
+        ``task_generator(seed, i)``)."""
+        if count < 1 or first < 0:
+            raise ValueError(f"tasks {first}.. ({count}): first >= 0 and count >= 1 are needed")
+        return EpisodeBatch.cat(
+            [self.draw(1, task_generator(self.seed, first + i)) for i in range(count)]
+        )
+
+    def sample(self, batch_size: int) -> EpisodeBatch:
+        """The next ``batch_size`` tasks of the stream."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        batch = self.tasks(self.position, batch_size)
+        self.position += batch_size
+        return batch
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"position": torch.tensor(self.position)}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.position = int(state["position"])
+
+
+class EpisodeSampler(TaskStream):
     """Draws N-way K-shot Q-query episodes from a :class:`ClassDataset`, deterministically.
 
     Args:
@@ -178,8 +232,7 @@ class EpisodeSampler:
         ways: N, classes per episode.
         shots: K, support images per class.
         queries: Q, query images per class (disjoint from the support).
-        seed: seed of the random stream.
-        stream: index of an independent stream with the same seed (the rank or worker id).
+        seed: seed of the task stream (:class:`TaskStream`).
 
     Example:
         >>> sampler = EpisodeSampler(train_split, ways=5, shots=1, queries=15, seed=0)
@@ -194,8 +247,8 @@ class EpisodeSampler:
         shots: int,
         queries: int,
         seed: int = 0,
-        stream: int = 0,
     ) -> None:
+        super().__init__(seed)
         for what, value in (("ways", ways), ("shots", shots), ("queries", queries)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"{what} must be a positive integer, got {value!r}")
@@ -213,8 +266,6 @@ class EpisodeSampler:
             )
         self.dataset = dataset
         self.ways, self.shots, self.queries = ways, shots, queries
-        self.seed, self.stream = seed, stream
-        self.generator = stream_generator(seed, stream)
         self._uniform_counts = bool((dataset.counts == dataset.counts[0]).all())
 
     def _draw_indices(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -250,11 +301,8 @@ class EpisodeSampler:
             classes=classes,
         )
 
-    def sample(self, batch_size: int) -> EpisodeBatch:
-        """The next ``batch_size`` episodes of this sampler's stream."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        return self._gather(*self._draw_indices(batch_size, self.generator))
+    def draw(self, count: int, generator: torch.Generator) -> EpisodeBatch:
+        return self._gather(*self._draw_indices(count, generator))
 
     def fixed(self, episodes: int, seed: int) -> FixedEpisodes:
         """A fixed list of ``episodes`` episodes: the same ``seed`` (and sampler settings) give
@@ -269,12 +317,6 @@ class EpisodeSampler:
         return FixedEpisodes(
             self, torch.cat([c for c, _ in chunks]), torch.cat([i for _, i in chunks])
         )
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.generator.set_state(state["generator"])
 
 
 class FixedEpisodes:

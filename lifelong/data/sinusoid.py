@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from lifelong.data.episodes import FIXED_STREAM, EpisodeBatch, stream_generator
+from lifelong.data.episodes import FIXED_STREAM, EpisodeBatch, TaskStream, stream_generator
 
 
 def sinusoid(x: Tensor, amplitude: Tensor, phase: Tensor) -> Tensor:
@@ -23,15 +23,14 @@ def sinusoid(x: Tensor, amplitude: Tensor, phase: Tensor) -> Tensor:
     return amplitude * torch.sin(x - phase)
 
 
-class SinusoidSampler:
+class SinusoidSampler(TaskStream):
     """Draws K-shot Q-query sinusoid regression tasks, deterministically; the interface of
     :class:`~lifelong.data.episodes.EpisodeSampler`.
 
     Args:
         shots: K, support points per task.
         queries: Q, query points per task.
-        seed: seed of the random stream.
-        stream: index of an independent stream with the same seed (the rank or worker id).
+        seed: seed of the task stream (:class:`~lifelong.data.episodes.TaskStream`).
         amplitude, phase, x_range: the ``(low, high)`` of the uniform distributions of the
             amplitude, the phase and the inputs.
 
@@ -47,11 +46,11 @@ class SinusoidSampler:
         shots: int,
         queries: int,
         seed: int = 0,
-        stream: int = 0,
         amplitude: tuple[float, float] = (0.1, 5.0),
         phase: tuple[float, float] = (0.0, math.pi),
         x_range: tuple[float, float] = (-5.0, 5.0),
     ) -> None:
+        super().__init__(seed)
         for what, value in (("shots", shots), ("queries", queries)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{what} must be a positive integer, got {value!r}")
@@ -60,8 +59,6 @@ class SinusoidSampler:
                 raise ValueError(f"{what} must be a (low, high) range, got ({low}, {high})")
         self.shots, self.queries = shots, queries
         self.amplitude, self.phase, self.x_range = amplitude, phase, x_range
-        self.seed, self.stream = seed, stream
-        self.generator = stream_generator(seed, stream)
 
     def _draw(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
         """Amplitudes ``[n]``, phases ``[n]`` and inputs ``[n, K+Q]`` of ``n`` tasks."""
@@ -83,11 +80,8 @@ class SinusoidSampler:
             support, sinusoid(support, a, p), query, sinusoid(query, a, p), ways=0, shots=self.shots
         )
 
-    def sample(self, batch_size: int) -> EpisodeBatch:
-        """The next ``batch_size`` tasks of this sampler's stream."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        return self._batch(*self._draw(batch_size, self.generator))
+    def draw(self, count: int, generator: torch.Generator) -> EpisodeBatch:
+        return self._batch(*self._draw(count, generator))
 
     def fixed(self, episodes: int, seed: int) -> FixedSinusoids:
         """A fixed list of ``episodes`` tasks: the same ``seed`` (and sampler settings) give the
@@ -95,12 +89,6 @@ class SinusoidSampler:
         if episodes < 1:
             raise ValueError(f"episodes must be positive, got {episodes}")
         return FixedSinusoids(self, *self._draw(episodes, stream_generator(seed, FIXED_STREAM)))
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.generator.set_state(state["generator"])
 
 
 class FixedSinusoids:

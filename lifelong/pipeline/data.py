@@ -102,7 +102,6 @@ class Data:
         self,
         split: str,
         seed: int,
-        stream: int = 0,
         ways: int | None = None,
         shots: int | None = None,
         queries: int | None = None,
@@ -115,7 +114,7 @@ class Data:
             for given, fallback in zip((ways, shots, queries), default, strict=True)
         )
         if self.splits is None:
-            return SinusoidSampler(shots, queries, seed=seed, stream=stream)
+            return SinusoidSampler(shots, queries, seed=seed)
         if ways < 2 and split != self.config.train_split:
             option = "ways" if self.config.test_ways is None else "test_ways"
             raise ConfigError(
@@ -133,12 +132,12 @@ class Data:
             construction = construction_class(self.config.task_construction or "")
             try:
                 return construction(
-                    self.unlabeled_pool(split), ways, shots, queries, seed, stream,
+                    self.unlabeled_pool(split), ways, shots, queries, seed,
                     options=self.config.task_options,
                 )  # fmt: skip
             except ValueError as err:
                 raise ConfigError(str(err)) from None
-        return EpisodeSampler(self.splits[split], ways, shots, queries, seed=seed, stream=stream)
+        return EpisodeSampler(self.splits[split], ways, shots, queries, seed=seed)
 
     def unlabeled_pool(self, split: str) -> torch.Tensor:
         """The images of ``split`` as an unlabeled pool, ``uint8 [n, C, H, W]``: its class

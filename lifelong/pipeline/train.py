@@ -16,12 +16,16 @@ Files in the run folder: ``config.yaml`` (the resolved settings), ``metrics.csv`
 iteration and per validation), ``last.json``/``best.json`` with their tensor files
 (:mod:`lifelong.pipeline.checkpoint`) and, when the ``tensorboard`` package is installed, ``tb/``.
 
-Under ``torchrun`` (:mod:`lifelong.pipeline.distributed`) every process runs this loop on its own
-episode stream (``stream = rank``) with ``meta_batch / world_size`` episodes a step; the
-meta-gradients (and the logged loss and metric) are averaged over the ranks before the Adam
-step, so that all ranks keep the same parameters. Rank 0 alone validates (the others wait for
-its result), writes the files and shows progress; a checkpoint holds every rank's sampler and
-random states, so a distributed run resumes exactly, with the same number of processes.
+Under ``torchrun`` (:mod:`lifelong.pipeline.distributed`) every process runs this loop on its
+share of each meta-batch: step ``t`` trains on tasks ``t*B .. t*B + B - 1`` of the run's one
+task stream, each drawn from its own generator keyed by (seed, index)
+(:class:`~lifelong.data.episodes.TaskStream`), and rank ``r`` of ``W`` draws the ``r``-th
+``B / W`` of them. The meta-gradients (and the logged loss and metric) are averaged over the
+ranks before the Adam step, so every rank keeps the parameters of one process that draws the
+whole meta-batch, and a run resumes on any number of processes. Rank 0 alone validates (the
+others wait for its result), writes the files and shows progress; a checkpoint holds every
+rank's random states (dropout and the like), restored when the run resumes on as many
+processes (on another number each rank's start afresh from the seed, the rank and the step).
 
 Example:
     >>> result = train(RunConfig(algorithm="protonet", dataset="strokes", iterations=200,
@@ -242,7 +246,7 @@ class Trainer:
     Args:
         algorithm: the learner to meta-train (moved to ``device``).
         config: the run's settings (optimiser, schedule, clipping, intervals, iterations).
-        sampler: the training episode sampler (its state is checkpointed).
+        sampler: the training task stream (step ``t`` draws its tasks ``t * meta_batch ..``).
         run_dir: where checkpoints and logs go.
         facts: the data facts saved with each checkpoint (so the run can be rebuilt).
         validation: fixed validation episodes, or ``None`` for no validation.
@@ -250,8 +254,8 @@ class Trainer:
         progress: show a tqdm progress bar (loss, metric, it/s) on stderr; it counts
             iterations, or seconds when ``config.time_limit`` is expected to end the run first.
 
-    In a process group (:mod:`lifelong.pipeline.distributed`) ``sampler`` is this rank's own stream,
-    each step draws ``config.meta_batch / world_size`` episodes, batch norm with running
+    In a process group (:mod:`lifelong.pipeline.distributed`) each step draws this rank's
+    ``config.meta_batch / world_size`` tasks of the stream (module doc), batch norm with running
     statistics becomes :class:`~lifelong.pipeline.distributed.GlobalBatchNorm` and every rank starts
     from rank 0's parameters.
     """
@@ -312,8 +316,8 @@ class Trainer:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; a run saved by ``n`` processes resumes on ``n``. A
-        state that does not fit this run is a :class:`CheckpointError`."""
+        """Restore :meth:`state_dict` (a run saved by any number of processes). A state that
+        does not fit this run is a :class:`CheckpointError`."""
         try:
             self._restore(state)
         except ConfigError:
@@ -327,13 +331,7 @@ class Trainer:
 
     def _restore(self, state: dict[str, Any]) -> None:
         ranks = state.get("ranks", [{"sampler": state["sampler"], "rng": state["rng"]}])
-        if len(ranks) != self.world.size:
-            raise ConfigError(
-                f"the run was trained by {len(ranks)} process(es) and this one has "
-                f"{self.world.size}: resume it with {len(ranks)} (torchrun --nnodes x "
-                "--nproc-per-node), as every rank's episode stream is part of its state"
-            )
-        own = ranks[self.world.rank]
+        own = ranks[self.world.rank] if len(ranks) == self.world.size else ranks[0]
         self.algorithm.load_state_dict(state["algorithm"])
         self.optimizer.load_state_dict(state["optimizer"])
         for group in self.optimizer.param_groups:
@@ -346,8 +344,12 @@ class Trainer:
                         )
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(own["sampler"])
-        set_rng_state(own["rng"])
         self.step = int(state["step"])
+        if len(ranks) == self.world.size:
+            set_rng_state(own["rng"])
+        else:
+            fresh = rank_seed(self.config.seed + self.step, self.world.rank)
+            seed_everything(fresh, self.config.deterministic)
         self.best_metric, self.best_step = state["best"]["metric"], state["best"]["step"]
         self.saved_step = self.step
 
@@ -360,12 +362,17 @@ class Trainer:
             self.saved_step = self.step
 
     # ------------------------------------------------------------------ loop
+    @property
+    def first_task(self) -> int:
+        """The index of this rank's first task of the next step in the run's task stream."""
+        return self.step * self.config.meta_batch + self.world.rank * self.batch_size
+
     def train_step(self) -> tuple[float, float, float]:
         """One meta-update; returns loss, metric and gradient norm (before clipping), of the
         whole meta-batch (averaged over the ranks)."""
         if isinstance(self.sampler, TaskConstruction):  # (before the draw: exact on resume)
             self.sampler.follow(self.algorithm)
-        batch = self.sampler.sample(self.batch_size).to(self.device)
+        batch = self.sampler.tasks(self.first_task, self.batch_size).to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
         out = self.algorithm.meta_loss(batch)
         out.loss.backward()
@@ -438,7 +445,7 @@ class Trainer:
             + (f" or `image_size` ({size})" if size else "")
         )
         with Restored(self.algorithm, self.sampler):
-            batch = self.sampler.sample(self.batch_size).to(self.device)
+            batch = self.sampler.tasks(self.first_task, self.batch_size).to(self.device)
             return check_fits(
                 probe,
                 self.batch_size,
@@ -599,7 +606,7 @@ def train(
         trainer = Trainer(
             algorithm,
             config,
-            data.sampler(config.train_split, seed=config.seed, stream=world.rank),
+            data.sampler(config.train_split, seed=config.seed),
             run_dir,
             data.facts,
             validation,

@@ -11,27 +11,27 @@ stream, fixed sets, checkpointed state and the option checks.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from lifelong.data.episodes import FIXED_STREAM, EpisodeBatch, stream_generator
+from lifelong.data.episodes import FIXED_STREAM, EpisodeBatch, TaskStream, stream_generator
 
 if TYPE_CHECKING:
     from lifelong.algorithms.base import Algorithm
     from lifelong.pipeline.config import RunConfig
 
 
-class TaskConstruction(ABC):
+class TaskConstruction(TaskStream):
     """Episodes of made-up classes from an unlabeled ``pool``.
 
     Args:
         pool: the unlabeled images, ``uint8 [n, C, H, W]``.
         ways, shots, queries: the episode shape.
-        seed, stream: the random stream (as :class:`~lifelong.data.episodes.EpisodeSampler`).
+        seed: the seed of the task stream (:class:`~lifelong.data.episodes.TaskStream`).
         options: values for some of :attr:`options` (the others keep their defaults).
     """
 
@@ -47,9 +47,9 @@ class TaskConstruction(ABC):
         shots: int,
         queries: int,
         seed: int = 0,
-        stream: int = 0,
         options: Mapping[str, Any] | None = None,
     ) -> None:
+        super().__init__(seed)
         if pool.dtype != torch.uint8 or pool.dim() != 4:
             raise ValueError(
                 f"an unlabeled pool is uint8 [n, C, H, W], got {pool.dtype} {tuple(pool.shape)}"
@@ -72,19 +72,16 @@ class TaskConstruction(ABC):
                 raise ValueError(f"{self.name} `task_options` {key} must be {what}, got {value!r}")
         self.pool = pool
         self.ways, self.shots, self.queries = ways, shots, queries
-        self.seed, self.stream = seed, stream
-        self.generator = stream_generator(seed, stream)
 
     @classmethod
-    def from_config(
-        cls, cfg: RunConfig, pool: Tensor, seed: int, stream: int = 0
-    ) -> TaskConstruction:
+    def from_config(cls, cfg: RunConfig, pool: Tensor, seed: int) -> TaskConstruction:
         """The construction of a run with ``labels: none`` over its training pool."""
-        return cls(pool, cfg.ways, cfg.shots, cfg.queries, seed, stream, options=cfg.task_options)
+        return cls(pool, cfg.ways, cfg.shots, cfg.queries, seed, options=cfg.task_options)
 
     @abstractmethod
-    def draw(self, count: int, generator: torch.Generator) -> EpisodeBatch:
-        """``count`` episodes, every random number from ``generator``."""
+    def draw(self, count: int, generator: torch.Generator, stream: bool = True) -> EpisodeBatch:
+        """``count`` episodes, every random number from ``generator``; ``stream``: tasks of
+        the training stream (``False``: of a fixed set)."""
 
     def episodes(self, support: Tensor, query: Tensor) -> EpisodeBatch:
         """A batch from support ``[B, N*K, ...]`` and query ``[B, N*Q, ...]`` images laid out
@@ -106,21 +103,9 @@ class TaskConstruction(ABC):
         return None
 
     # ------------------------------------------------------------------ TaskSampler
-    def sample(self, batch_size: int) -> EpisodeBatch:
-        """The next ``batch_size`` episodes of the stream."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        return self.draw(batch_size, self.generator)
-
     def fixed(self, episodes: int, seed: int) -> FixedTasks:
         """The same ``episodes`` made-up tasks for the same ``seed``."""
         return FixedTasks(self, episodes, seed)
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.generator.set_state(state["generator"])
 
 
 class FixedTasks:
@@ -137,4 +122,5 @@ class FixedTasks:
     def batches(self, batch_size: int) -> Iterator[EpisodeBatch]:
         generator = stream_generator(self.seed, FIXED_STREAM)
         for start in range(0, self.episodes, batch_size):
-            yield self.construction.draw(min(batch_size, self.episodes - start), generator)
+            count = min(batch_size, self.episodes - start)
+            yield self.construction.draw(count, generator, stream=False)

@@ -15,9 +15,9 @@ Here the embedding is that of a run made by ``lifelong train`` (``task_options``
 ``embedding``: its folder), its ``Algorithm.embedding()`` in eval mode. k-means is written in
 torch: k-means++ seeding (D² sampling), then at most ``iterations`` Lloyd steps, fewer when
 no image changes cluster. Every random number comes from a generator of the construction's
-seed alone (not its stream), so every rank and worker has the same partitions, and these are
-a pure function of (pool, run, options, seed): the sampler state of a run is its draw
-generator only. The partitions are cached (:func:`lifelong.data.cache.cache_dir`, ``cactus/``)
+seed alone (not from the task stream), so every rank has the same partitions, and these
+are a pure function of (pool, run, options, seed): the sampler state of a run is its stream
+position only. The partitions are cached (:func:`lifelong.data.cache.cache_dir`, ``cactus/``)
 under the sha256 of the run's checkpoint, the pool, the options and the seed.
 
 Cost on Omniglot (the 69,120 images of the lake training split with rotations, a 64-d
@@ -53,8 +53,8 @@ from lifelong.data.episodes import FIXED_STREAM, EpisodeBatch, stream_generator
 from lifelong.unlabeled.base import TaskConstruction
 
 PARTITION_STREAM = FIXED_STREAM - 1
-"""The stream id of the partitions' random numbers (never a rank's, a worker's or a fixed
-set's)."""
+"""The stream id of the partitions' random numbers (neither the fixed sets' nor the training
+tasks')."""
 FORMAT = 1
 """The version of the cached partitions: bump when they would be computed differently."""
 
@@ -132,7 +132,7 @@ class CACTUs(TaskConstruction):
         index = self.members[rows, starts.repeat_interleave(size) + offsets]
         return partition, index.view(count, self.ways, size)
 
-    def draw(self, count: int, generator: torch.Generator) -> EpisodeBatch:
+    def draw(self, count: int, generator: torch.Generator, stream: bool = True) -> EpisodeBatch:
         index = self.indices(count, generator)[1]
         images = self.pool[index.flatten()].view(*index.shape, *self.pool.shape[1:])
         support, query = images[:, :, : self.shots], images[:, :, self.shots :]

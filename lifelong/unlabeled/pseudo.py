@@ -171,9 +171,9 @@ class PseudoSupervised(TaskConstruction):
         return self.queue_index.numel() == self.size
 
     # ------------------------------------------------------------------ episodes
-    def draw(self, count: int, generator: torch.Generator) -> EpisodeBatch:
-        """``count`` episodes; drawn from the stream (not a fixed set), their anchors and
-        momentum features join the queue, the oldest leave it."""
+    def draw(self, count: int, generator: torch.Generator, stream: bool = True) -> EpisodeBatch:
+        """``count`` episodes; drawn for the training ``stream`` (not a fixed set), their
+        anchors and momentum features join the queue, the oldest leave it."""
         n, shape = self.pool.shape[0], self.pool.shape[1:]
         ways, shots, queries = self.ways, self.shots, self.queries
         index = torch.rand(count, n, generator=generator).topk(ways, dim=1).indices
@@ -192,7 +192,7 @@ class PseudoSupervised(TaskConstruction):
         views = views.view(count, ways, -1, *shape)
         if not matched:
             views = torch.cat([anchors.view(count, ways, 1, *shape), views], dim=2)
-        if features is not None and generator is self.generator:
+        if features is not None and stream:
             self.enqueue(index.flatten(), features)
         return self.episodes(views[:, :, :shots].flatten(1, 2), views[:, :, shots:].flatten(1, 2))
 

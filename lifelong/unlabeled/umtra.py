@@ -38,7 +38,7 @@ class UMTRA(TaskConstruction):
         super().__init__(*args, **kwargs)
         self.augment = Augmentation.of(self.settings)
 
-    def draw(self, count: int, generator: torch.Generator) -> EpisodeBatch:
+    def draw(self, count: int, generator: torch.Generator, stream: bool = True) -> EpisodeBatch:
         n, shape = self.pool.shape[0], self.pool.shape[1:]
         # N distinct images per episode (top-N of uniform keys, as EpisodeSampler draws classes)
         index = torch.rand(count, n, generator=generator).topk(self.ways, dim=1).indices

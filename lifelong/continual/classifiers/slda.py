@@ -27,6 +27,10 @@ from torch import Tensor
 
 from lifelong.continual.classifiers.base import ClassModel, ClassStatistics
 
+SPREAD_TOLERANCE = 1e-9
+"""A within-class variance below this share of the features' second moment is rounding (one
+example per class, or what is left of a Gram matrix after classes were forgotten), not spread."""
+
 
 class SLDA(ClassModel):
     """Streaming LDA with a shrunk shared covariance (see the module doc).
@@ -55,7 +59,9 @@ class SLDA(ClassModel):
         covariance = stats.scatter() / max(stats.total, 1)
         scale = float(covariance.diagonal().mean())
         eye = torch.eye(dim, dtype=torch.float64, device=means.device)
-        if scale <= 0:  # no within-class spread yet: the nearest mean
+        assert stats.gram is not None
+        moment = float(stats.gram.diagonal().mean()) / max(stats.total, 1)
+        if scale <= SPREAD_TOLERANCE * moment:  # no within-class spread yet: the nearest mean
             precision = eye
         else:
             e = self.settings["shrinkage"]
