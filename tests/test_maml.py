@@ -11,7 +11,7 @@ from torch import nn
 from torch.func import functional_call
 
 from lifelong.algorithms.functional import TaskForward, _BatchNorm
-from lifelong.algorithms.maml import ANIL, FOMAML, MAML, MetaSGD
+from lifelong.algorithms.maml import ANIL, FOMAML, MAML, MIN_STEP_WEIGHT, MetaSGD, step_weights
 from lifelong.algorithms.registry import algorithm_class
 from lifelong.algorithms.reptile import Reptile
 from lifelong.data.episodes import EpisodeBatch
@@ -199,6 +199,42 @@ def test_fomaml_gradient_is_the_query_gradient_at_adapted_parameters() -> None:
             e += q / len(batch)
     for a, b in zip(grads, expected, strict=True):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5])
+def test_step_weights_move_from_uniform_to_the_last_step(steps: int) -> None:
+    """MAML++'s multi-step loss weights: uniform, then linearly to the last step, never below
+    the floor, always summing to 1."""
+    torch.testing.assert_close(step_weights(steps, 0, 100), torch.full((steps,), 1 / steps))
+    previous = step_weights(steps, 0, 100)
+    for iteration in (10, 50, 99, 100, 1000):
+        w = step_weights(steps, iteration, 100)
+        torch.testing.assert_close(w.sum(), torch.tensor(1.0))
+        assert (w[:-1] <= previous[:-1]).all() and w[-1] >= previous[-1]
+        previous = w
+    if steps > 1:
+        assert torch.allclose(previous[:-1], torch.tensor(MIN_STEP_WEIGHT / steps))
+        half = step_weights(steps, 50, 100)
+        assert torch.allclose(half[:-1], torch.tensor(0.5 / steps))
+
+
+def test_the_trainer_iteration_drives_derivative_order_and_step_weight_annealing() -> None:
+    """``first_order_steps=2``: iterations 0 and 1 take FOMAML's meta-gradient, iteration 2
+    MAML's; ``step_weight_annealing`` sets the multi-step weights of the iteration."""
+    batch = episodes("conv", tasks=2)
+    options = {"inner_lr": 0.3, "inner_steps": 2, "multi_step_loss": True}
+    annealed = MAML(tiny("conv"), **options, step_weight_annealing=10, first_order_steps=2)
+    plain, first = MAML(tiny("conv"), **options), MAML(tiny("conv"), **options, first_order=True)
+    for iteration, reference in ((0, first), (1, first), (2, plain), (7, plain)):
+        annealed.at_iteration(iteration)
+        weights = step_weights(2, iteration, 10)
+        torch.testing.assert_close(annealed.step_weights, weights)
+        reference.step_weights.copy_(weights)
+        for a, b in zip(meta_gradient(annealed, batch)[2], meta_gradient(reference, batch)[2],
+                        strict=True):  # fmt: skip
+            torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="step_weight_annealing anneals the multi_step_loss"):
+        MAML(tiny("mlp"), step_weight_annealing=5)
 
 
 @pytest.mark.parametrize("fast", [False, True])

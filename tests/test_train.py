@@ -207,8 +207,16 @@ def test_every_algorithm_trains_saves_and_evaluates(algorithm, options, tmp_path
     assert result.episodes == 2 and math.isfinite(result.mean)
 
 
+MAML_PLUS_PLUS = {  # schedules that change at iterations 1 and 3, across the resume at 2
+    "inner_steps": 2, "multi_step_loss": True, "step_weight_annealing": 3,
+    "first_order_steps": 3, "per_step_lr": True,
+}  # fmt: skip
+
+
 @pytest.mark.parametrize(
-    "options", [{}, {"labels": "none", "task_construction": "umtra"}], ids=["labels", "no-labels"]
+    "options",
+    [{}, {"labels": "none", "task_construction": "umtra"}, MAML_PLUS_PLUS],
+    ids=["labels", "no-labels", "maml++"],
 )
 def test_maml_resume_through_train_matches_an_uninterrupted_run(options, tmp_path):
     cfg = RunConfig(

@@ -163,6 +163,12 @@ class Algorithm(nn.Module, ABC):
         """The adaptation steps taken at test time, if any."""
         return None
 
+    def at_iteration(self, iteration: int) -> None:
+        """Called by the Trainer before each meta-update with the number done so far, for
+        training schedules (MAML++'s); what it sets must follow from ``iteration`` alone, so
+        that a resumed run goes on exactly."""
+        return None
+
     @abstractmethod
     def meta_loss(self, batch: EpisodeBatch) -> MetaLoss:
         """The meta-training objective on a batch of episodes (floats, on this module's

@@ -11,10 +11,15 @@
 - ``meta_sgd=True``: Meta-SGD (Li et al. 2017, "Meta-SGD: Learning to Learn Quickly for Few-Shot
   Learning"): a learned inner rate per parameter entry, ``theta' = theta - alpha o grad``,
   initialised to ``inner_lr`` and meta-trained with the initialisation.
-- ``per_step_lr`` and ``multi_step_loss``: MAML++ (Antoniou et al. 2019, "How to train your
-  MAML"): a learned rate per step and parameter tensor (LSLR), and the query loss after every
-  inner step, weighted by ``step_weights`` (uniform; the paper anneals them towards the last
-  step during training: assign a new tensor to change them).
+- MAML++ (Antoniou et al. 2019, "How to train your MAML", section 4): ``per_step_lr``, a
+  learned rate per step and parameter tensor (LSLR); ``multi_step_loss``, the query loss after
+  every inner step weighted by ``step_weights`` (MSL: uniform, then, over
+  ``step_weight_annealing`` iterations, moved to the last step, :func:`step_weights`);
+  ``first_order_steps``, first-order meta-gradients for the first iterations, then second
+  order (derivative-order annealing, DA). The schedules follow the iteration the Trainer
+  gives :meth:`MAML.at_iteration`. (Per-step batch-norm weights and running statistics,
+  BNWB/BNRS, are not implemented: batch norm here normalises each task with its own
+  statistics, as in MAML.)
 
 Batch norm uses per-task batch statistics (models built with ``track_running_stats=False``),
 as in the MAML paper; this is transductive: a query's prediction depends on the other queries
@@ -72,6 +77,9 @@ class MAML(InnerLoopLearner):
         per_step_lr: learned inner rates per step (MAML++ LSLR); with ``meta_sgd`` per step and
             per parameter entry.
         multi_step_loss: outer loss summed over the inner steps with ``step_weights``.
+        step_weight_annealing: iterations over which :func:`step_weights` moves the
+            multi-step loss to the last step (0: uniform weights throughout).
+        first_order_steps: iterations of first-order meta-gradients before second order.
         regression: MSE instead of cross-entropy.
         fast: see :class:`~lifelong.algorithms.inner_loop.InnerLoopLearner` (``False``: the
             reference loop over tasks).
@@ -93,7 +101,7 @@ class MAML(InnerLoopLearner):
         },
         "sinusoid": {"meta_batch": 25, "inner_lr": 0.01},
     }
-    own_options = ("per_step_lr", "multi_step_loss")
+    own_options = ("per_step_lr", "multi_step_loss", "step_weight_annealing", "first_order_steps")
 
     @classmethod
     def settings(cls, cfg: RunConfig, facts: DataFacts, models: ModelFactory) -> dict[str, Any]:
@@ -101,6 +109,8 @@ class MAML(InnerLoopLearner):
             **super().settings(cfg, facts, models),
             "per_step_lr": cfg.per_step_lr,
             "multi_step_loss": cfg.multi_step_loss,
+            "step_weight_annealing": cfg.step_weight_annealing,
+            "first_order_steps": cfg.first_order_steps,
         }
 
     def __init__(
@@ -114,6 +124,8 @@ class MAML(InnerLoopLearner):
         meta_sgd: bool = False,
         per_step_lr: bool = False,
         multi_step_loss: bool = False,
+        step_weight_annealing: int = 0,
+        first_order_steps: int = 0,
         regression: bool = False,
         fast: bool = True,
         task_chunk: int | None = None,
@@ -124,6 +136,8 @@ class MAML(InnerLoopLearner):
                 "per_step_lr and multi_step_loss need inner steps while meta-training; "
                 "inner_steps is 0"
             )
+        if step_weight_annealing and not multi_step_loss:
+            raise ValueError("step_weight_annealing anneals the multi_step_loss: turn it on")
         super().__init__(
             model,
             inner_lr=inner_lr,
@@ -138,6 +152,9 @@ class MAML(InnerLoopLearner):
         self.first_order = first_order
         self.meta_sgd, self.per_step_lr = meta_sgd, per_step_lr
         self.multi_step_loss = multi_step_loss
+        self.step_weight_annealing = step_weight_annealing
+        self.first_order_steps = first_order_steps
+        self.iteration = 0
         self.inner_lrs: nn.ParameterDict | None = None
         if meta_sgd or per_step_lr:
             params = dict(model.named_parameters())
@@ -153,6 +170,19 @@ class MAML(InnerLoopLearner):
         self.step_weights: Tensor
         self.register_buffer("step_weights", torch.full((inner_steps,), 1.0 / max(inner_steps, 1)))
 
+    def at_iteration(self, iteration: int) -> None:
+        """MAML++'s schedules at ``iteration`` (module doc)."""
+        self.iteration = iteration
+        if self.step_weight_annealing:
+            self.step_weights.copy_(
+                step_weights(self.inner_steps, iteration, self.step_weight_annealing)
+            )
+
+    @property
+    def second_order(self) -> bool:
+        """Whether the meta-gradient differentiates through the inner gradients now."""
+        return not self.first_order and self.iteration >= self.first_order_steps
+
     def inner_rate(self, name: str, step: int) -> float | Tensor:
         if self.inner_lrs is None:
             return self.inner_lr
@@ -163,7 +193,7 @@ class MAML(InnerLoopLearner):
         """Query loss at the adapted parameters (with ``multi_step_loss``: weighted over the
         inner steps) and query accuracy (or MSE) after the last step, summed over the tasks."""
         steps = self.inner_steps
-        adapted = self.adapt_tasks(batch, task, steps, not self.first_order, detach=False)
+        adapted = self.adapt_tasks(batch, task, steps, self.second_order, detach=False)
         query_y = batch.query_y[task]
         features = adapted.features(batch.query_x[task])
         loss = 0.0
@@ -193,6 +223,28 @@ class MetaSGD(MAML):
 
     def __init__(self, model: nn.Module, **options: Any) -> None:
         super().__init__(model, **{**options, "meta_sgd": True})
+
+
+MIN_STEP_WEIGHT = 0.03
+"""The share of ``1 / steps`` that every step but the last keeps after the annealing (MAML++)."""
+
+
+def step_weights(steps: int, iteration: int, annealing: int) -> Tensor:
+    """The multi-step loss weights of MAML++ (Antoniou et al. 2019, section 4, MSL) at
+    ``iteration``: uniform ``1 / steps`` at first; every step but the last loses ``1 / steps``
+    over ``annealing`` iterations, down to ``MIN_STEP_WEIGHT / steps``, and the last gains
+    what they lose (the weights sum to 1 throughout).
+
+    Example:
+        >>> step_weights(5, 0, 100)       # tensor([0.2, 0.2, 0.2, 0.2, 0.2])
+        >>> step_weights(5, 100, 100)     # tensor([0.006, 0.006, 0.006, 0.006, 0.976])
+    """
+    uniform = 1.0 / steps
+    floor = MIN_STEP_WEIGHT * uniform
+    early = max(uniform - uniform * iteration / annealing, floor)
+    weights = torch.full((steps,), early)
+    weights[-1] = 1.0 - (steps - 1) * early
+    return weights
 
 
 def _key(name: str) -> str:

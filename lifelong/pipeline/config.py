@@ -104,8 +104,10 @@ class RunConfig:
 
     Inner loop (MAML family, Reptile; FineTune's head fitting): ``inner_lr``, ``inner_steps``
     while meta-training and ``eval_inner_steps`` at test time; MAML++ (Antoniou et al. 2019):
-    ``per_step_lr`` (a learned inner learning rate per step and parameter tensor) and
-    ``multi_step_loss`` (the query loss after every inner step, weighted).
+    ``per_step_lr`` (a learned inner learning rate per step and parameter tensor),
+    ``multi_step_loss`` (the query loss after every inner step, weighted; its weights move to
+    the last step over ``step_weight_annealing`` iterations) and ``first_order_steps``
+    (derivative-order annealing: first-order meta-gradients for that many iterations).
 
     Model: ``backbone`` (``conv4``, ``resnet12``, ``mlp``), ``hidden`` (Conv-4: one number of
     filters; MLP: the hidden widths), ``strided`` (MAML's stride-2 Conv-4), ``pooling``
@@ -180,6 +182,18 @@ class RunConfig:
     per_step_lr: bool = option(False, "MAML++: learned rate per step.", algorithm_option=True)
     multi_step_loss: bool = option(
         False, "MAML++: query loss after each step.", algorithm_option=True
+    )
+    step_weight_annealing: int = option(
+        0,
+        "MAML++: iterations over which the multi-step loss moves its weight to the last step.",
+        bound="non-negative",
+        algorithm_option=True,
+    )
+    first_order_steps: int = option(
+        0,
+        "MAML++: first iterations with first-order meta-gradients, then second order.",
+        bound="non-negative",
+        algorithm_option=True,
     )
     backbone: str = option("conv4", "conv4, resnet12 or mlp.", choices=BACKBONES)
     hidden: tuple[int, ...] | None = option(

@@ -372,6 +372,7 @@ class Trainer:
         whole meta-batch (averaged over the ranks)."""
         if isinstance(self.sampler, TaskConstruction):  # (before the draw: exact on resume)
             self.sampler.follow(self.algorithm)
+        self.algorithm.at_iteration(self.step)
         batch = self.sampler.tasks(self.first_task, self.batch_size).to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
         out = self.algorithm.meta_loss(batch)
@@ -445,6 +446,7 @@ class Trainer:
             + (f" or `image_size` ({size})" if size else "")
         )
         with Restored(self.algorithm, self.sampler):
+            self.algorithm.at_iteration(cfg.iterations - 1)  # the costliest: schedules' end
             batch = self.sampler.tasks(self.first_task, self.batch_size).to(self.device)
             return check_fits(
                 probe,
