@@ -33,7 +33,7 @@ import torch
 
 from lifelong.pipeline.config import RunConfig
 from lifelong.pipeline.evaluate import evaluate_run
-from lifelong.reproduce import machine
+from lifelong.reproduce import machine, validation_curve
 
 SETTINGS = ((5, 1), (5, 5), (20, 1), (20, 5))
 PUBLISHED = {
@@ -41,13 +41,6 @@ PUBLISHED = {
     "CACTUs-ProtoNets (Hsu et al. 2019)": (68.12, 83.58, 47.75, 66.27),
     "UMTRA (Khodadadeh et al. 2019)": (83.80, 95.43, 74.25, 92.12),
 }
-
-
-def validation_curve(run_dir: Path) -> list[tuple[float, float]]:
-    """``(minutes, validation accuracy %)`` of a run's ``metrics.csv`` (rows with a clock)."""
-    with (run_dir / "metrics.csv").open(newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["split"] == "val" and r.get("seconds")]
-    return [(float(r["seconds"]) / 60, 100 * float(r["metric"])) for r in rows]
 
 
 def trained_minutes(run_dir: Path) -> float | None:
@@ -74,7 +67,7 @@ def measure(
         "checkpoint": args.checkpoint,
         "minutes": trained_minutes(run_dir),
         "results": results,
-        "curve": validation_curve(run_dir),
+        "curve": [(t / 60, 100 * v) for t, v in validation_curve(run_dir)],  # minutes, %
     }
     for ways, shots in SETTINGS:
         result = evaluate_run(
