@@ -205,9 +205,11 @@ class TaskStream(ABC):
         ``task_generator(seed, i)``)."""
         if count < 1 or first < 0:
             raise ValueError(f"tasks {first}.. ({count}): first >= 0 and count >= 1 are needed")
-        return EpisodeBatch.cat(
-            [self.draw(1, task_generator(self.seed, first + i)) for i in range(count)]
-        )
+        return self.draw_each([task_generator(self.seed, first + i) for i in range(count)])
+
+    def draw_each(self, generators: list[torch.Generator]) -> EpisodeBatch:
+        """One task from each generator, in a batch (:meth:`draw` of one task each)."""
+        return EpisodeBatch.cat([self.draw(1, generator) for generator in generators])
 
     def sample(self, batch_size: int) -> EpisodeBatch:
         """The next ``batch_size`` tasks of the stream."""
@@ -303,6 +305,10 @@ class EpisodeSampler(TaskStream):
 
     def draw(self, count: int, generator: torch.Generator) -> EpisodeBatch:
         return self._gather(*self._draw_indices(count, generator))
+
+    def draw_each(self, generators: list[torch.Generator]) -> EpisodeBatch:
+        drawn = [self._draw_indices(1, generator) for generator in generators]
+        return self._gather(torch.cat([c for c, _ in drawn]), torch.cat([i for _, i in drawn]))
 
     def fixed(self, episodes: int, seed: int) -> FixedEpisodes:
         """A fixed list of ``episodes`` episodes: the same ``seed`` (and sampler settings) give
