@@ -102,3 +102,29 @@ def test_large_episodes_are_evaluated_a_few_at_a_time(ways, shots, queries, size
     )
     episode = EpisodeSampler(dataset, ways, shots, queries).sample(1)
     assert eval_batch_size(episode) == batch
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 25])
+def test_a_fixed_set_embeds_each_image_once_with_the_results_of_the_image_path(
+    batch_size, monkeypatch
+):
+    """ProtoNet's fixed-set metrics from embeddings computed once per image equal those of
+    embedding every episode's images (eval-mode batch norm); each used image is embedded once."""
+    from lifelong.algorithms.protonet import ProtoNet
+    from lifelong.models.conv4 import Conv4
+
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (12 * 6, 1, 16, 16), dtype=torch.uint8, generator=generator)
+    data = ClassDataset(images, [6] * 12, [ClassInfo(str(k)) for k in range(12)])
+    model = ProtoNet(Conv4(1, 16, out_features=None, hidden=8))
+    model.train().encoder(torch.rand(8, 1, 16, 16))  # running statistics for eval mode
+    fixed = EpisodeSampler(data, 5, 2, 3).fixed(30, seed=4)
+    expected = torch.cat([model.evaluate(batch.to("cpu")) for batch in fixed.batches(4)])
+    embedded: list[int] = []
+    embed = model.embed
+    monkeypatch.setattr(model, "embed", lambda x: embedded.append(len(x)) or embed(x))
+    values = episode_metrics(model, fixed, batch_size=batch_size)
+    torch.testing.assert_close(values, expected)
+    assert sum(embedded) == len(fixed.index.unique()) <= len(images)
+    assert model.training  # the mode is restored

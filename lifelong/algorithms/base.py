@@ -111,6 +111,9 @@ class Algorithm(nn.Module, ABC):
     learns_class_ids: ClassVar[bool] = False
     """Learns the dataset classes of the training split (:func:`global_labels`), so it
     cannot meta-train on made-up tasks without labels (``labels: none``)."""
+    evaluates_embeddings: ClassVar[bool] = False
+    """Its test metric is a function of each image's own embedding (:meth:`evaluate_embedded`),
+    so a fixed test set can embed each of its images once, whatever the episodes reuse."""
     own_options: ClassVar[tuple[str, ...]] = ()
     """Run options that only some algorithms read, and this one does (e.g. ``precision``);
     setting one of them for an algorithm that does not list it is an error."""
@@ -173,6 +176,13 @@ class Algorithm(nn.Module, ABC):
     def meta_loss(self, batch: EpisodeBatch) -> MetaLoss:
         """The meta-training objective on a batch of episodes (floats, on this module's
         device)."""
+
+    def evaluate_embedded(
+        self, support: Tensor, support_y: Tensor, query: Tensor, query_y: Tensor, ways: int
+    ) -> Tensor:
+        """Per-episode query metric ``[B]`` from embeddings (``support [B, N*K, D]``,
+        ``query [B, N*Q, D]``), for the algorithms that :attr:`evaluates_embeddings`."""
+        raise NotImplementedError(f"{type(self).__name__} does not evaluate from embeddings")
 
     @abstractmethod
     def adapt(self, support_x: Tensor, support_y: Tensor, ways: int) -> Predictor:

@@ -69,6 +69,7 @@ class ProtoNet(Algorithm):
         "meta_batch": 1
     }  # one episode per step (Snell et al. 2017, section 3.1)
     own_options = ("distance", "distance_p", "temperature", "precision", "channels_last")
+    evaluates_embeddings = True  # eval-mode batch norm: each image's embedding is its own
 
     @classmethod
     def from_config(cls, cfg: RunConfig, facts: DataFacts, models: ModelFactory) -> ProtoNet:
@@ -164,6 +165,12 @@ class ProtoNet(Algorithm):
                 return self.logits(self.embed(x), prototypes)
 
         return predict
+
+    def evaluate_embedded(
+        self, support: Tensor, support_y: Tensor, query: Tensor, query_y: Tensor, ways: int
+    ) -> Tensor:
+        logits = self.logits(query, self.prototypes(support, support_y, ways))
+        return (logits.argmax(-1) == query_y).float().mean(-1)
 
     def evaluate(self, batch: EpisodeBatch) -> Tensor:
         """Per-episode query accuracy ``[B]`` in eval mode, all episodes in one forward (the

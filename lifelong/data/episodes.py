@@ -292,16 +292,22 @@ class EpisodeSampler(TaskStream):
         def gather(part: Tensor) -> Tensor:  # index_select is several times faster than []
             return images.index_select(0, part.reshape(-1)).view(n, -1, *shape)
 
-        labels = torch.arange(self.ways)
+        support_y, query_y = self.labels(n)
         return EpisodeBatch(
             support_x=gather(index[:, :, :k]),
-            support_y=labels.repeat_interleave(k).expand(n, -1).contiguous(),
+            support_y=support_y,
             query_x=gather(index[:, :, k:]),
-            query_y=labels.repeat_interleave(self.queries).expand(n, -1).contiguous(),
+            query_y=query_y,
             ways=self.ways,
             shots=self.shots,
             classes=classes,
         )
+
+    def labels(self, n: int) -> tuple[Tensor, Tensor]:
+        """Support ``[n, N*K]`` and query ``[n, N*Q]`` labels of ``n`` episodes (class-major)."""
+        labels = torch.arange(self.ways)
+        support = labels.repeat_interleave(self.shots).expand(n, -1).contiguous()
+        return support, labels.repeat_interleave(self.queries).expand(n, -1).contiguous()
 
     def draw(self, count: int, generator: torch.Generator) -> EpisodeBatch:
         return self._gather(*self._draw_indices(count, generator))
