@@ -16,6 +16,12 @@ times every step (the all-reduce keeps the ranks in step) and the median after `
 steps is reported. Parallel efficiency = (iterations/s on n ranks) / (n * iterations/s on
 1 rank). The machine may be shared: the load averages before and after are recorded.
 
+``--side-by-side`` finds out where the efficiency goes: for each ``n > 1`` it also times ``n``
+processes that each train on their ``1/n`` share of the meta-batch at the same time *without*
+communicating, and one such process alone. Alone -> side by side is what the processes cost
+each other on this machine (cores, caches, memory bandwidth); side by side -> ranks is what
+the communication and synchronisation cost.
+
 On a GPU (``--device cuda --ranks 1``, what ``benchmarks/gpu_check.sh`` runs) the same steps
 are timed on ``cuda:0``.
 
@@ -73,10 +79,13 @@ def random_omniglot() -> ClassDataset:
     return ClassDataset(images, [PER_CLASS] * CLASSES, [ClassInfo(f"c{k}") for k in range(CLASSES)])
 
 
-def config(name: str, protonet_meta_batch: int, device: str) -> RunConfig:
+def config(name: str, protonet_meta_batch: int, device: str, shares: int = 1) -> RunConfig:
+    """The setting's run config; ``shares``: a process trains on ``1/shares`` of the
+    meta-batch on its own."""
     settings = dict(SETTINGS[name])
     if settings["algorithm"] == "protonet":
         settings["meta_batch"] = protonet_meta_batch
+    settings["meta_batch"] //= shares
     return RunConfig(**settings, hidden=(64,), device=device, dataset="strokes")
 
 
@@ -103,7 +112,7 @@ def rank_main(rank: int, size: int, port: int, job: dict[str, Any], result: Path
     times: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as folder:
         for name in job["algorithms"]:
-            cfg = config(name, job["protonet_meta_batch"], job["device"])
+            cfg = config(name, job["protonet_meta_batch"], job["device"], job.get("shares", 1))
             seed_everything(0)
             algorithm = build_algorithm(cfg, facts)
             seed_everything(rank_seed(0, rank))
@@ -127,14 +136,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def measure(size: int, job: dict[str, Any]) -> dict[str, list[float]]:
-    """Seconds of every step of rank 0, with ``size`` ranks (processes)."""
+def measure(size: int, job: dict[str, Any], group: bool = True) -> dict[str, list[float]]:
+    """Seconds of every step of rank 0, with ``size`` ranks (processes); ``group=False``:
+    ``size`` processes at once that do not communicate (each its own 1-process run)."""
     context = multiprocessing.get_context("spawn")
     port = free_port()
     with tempfile.TemporaryDirectory() as folder:
         result = Path(folder) / "times.json"
         ranks = [
-            context.Process(target=rank_main, args=(rank, size, port, job, result))
+            context.Process(target=rank_main, args=(rank, size if group else 1, port, job, result))
             for rank in range(size)
         ]
         for process in ranks:
@@ -167,6 +177,8 @@ def main() -> None:
     parser.add_argument("--protonet-meta-batch", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu, or cuda (one rank per GPU)")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads per rank")
+    parser.add_argument("--side-by-side", action="store_true",
+                        help="also time the shares without communication (module doc)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=HERE / "results" / "ddp_scaling.json")
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -179,13 +191,20 @@ def main() -> None:
         "threads": args.threads,
     }
     runs = []
-    for size in args.ranks:
+    plan = [(size, "ranks", size, True) for size in args.ranks]
+    if args.side_by_side:
+        plan += [(n, "side by side", count, False) for n in args.ranks if n > 1
+                 for count in (n, 1)]  # fmt: skip
+    for size, mode, processes, group in plan:
         load_before = os.getloadavg()
         started = time.perf_counter()
-        times = measure(size, job)
+        shares = 1 if group else size
+        times = measure(processes, {**job, "shares": shares}, group)
         runs.append(
             {
-                "ranks": size,
+                "mode": mode if processes > 1 or group else f"alone, 1/{size} of the meta-batch",
+                "ranks": size if group else None,
+                "processes": processes,
                 "wall_s": round(time.perf_counter() - started, 1),
                 "load_before": [round(x, 2) for x in load_before],
                 "load_after": [round(x, 2) for x in os.getloadavg()],
@@ -199,7 +218,7 @@ def main() -> None:
                 },
             }
         )
-    base = next((r for r in runs if r["ranks"] == 1), None)
+    base = next((r for r in runs if r["mode"] == "ranks" and r["ranks"] == 1), None)
     efficiency = {
         str(r["ranks"]): {
             name: round(
@@ -210,7 +229,7 @@ def main() -> None:
             for name, value in r["results"].items()
         }
         for r in runs
-        if base is not None and r["ranks"] > 1
+        if base is not None and r["mode"] == "ranks" and r["ranks"] > 1
     }
     report = {
         "command": " ".join(["python", *sys.argv]),
