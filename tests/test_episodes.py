@@ -135,6 +135,8 @@ def test_a_task_depends_on_the_seed_and_its_index_alone(kind):
     assert not torch.equal(reference.support_x, other.support_x)
     with pytest.raises(ValueError, match="count >= 1"):
         read.tasks(3, 0)
+    with pytest.raises(ValueError, match="older than keyed task streams"):
+        read.load_state_dict({"generator": torch.zeros(5016, dtype=torch.uint8)})
 
 
 @FAST

@@ -223,6 +223,11 @@ class TaskStream(ABC):
         return {"position": torch.tensor(self.position)}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        if "position" not in state:
+            raise ValueError(
+                "the sampler state has no task-stream position: it was saved by a lifelong "
+                "older than keyed task streams, whose runs this version cannot resume"
+            )
         self.position = int(state["position"])
 
 
