@@ -25,7 +25,7 @@ ranks before the Adam step, so every rank keeps the parameters of one process th
 whole meta-batch, and a run resumes on any number of processes. Rank 0 alone validates (the
 others wait for its result), writes the files and shows progress; a checkpoint holds every
 rank's random states (dropout and the like), restored when the run resumes on as many
-processes (on another number each rank's start afresh from the seed, the rank and the step).
+processes (on another number, each rank seeds them afresh from the seed, its rank and the step).
 
 Example:
     >>> result = train(RunConfig(algorithm="protonet", dataset="strokes", iterations=200,
