@@ -131,6 +131,17 @@ def test_resume_after_a_kill_reaches_exactly_the_uninterrupted_parameters(tmp_pa
     assert seconds == sorted(seconds)  # rounded to 0.01 s: a fast first row reads 0.0
 
 
+def test_a_run_saved_before_keyed_task_streams_resumes_from_its_step(tmp_path):
+    old = make_trainer(tmp_path / "old", 6)
+    old.fit()
+    state = load_checkpoint(tmp_path / "old", "last")
+    state["sampler"] = {"generator": torch.zeros(5056, dtype=torch.uint8)}  # the old format
+    resumed = make_trainer(tmp_path / "old", 8, algorithm=TinyProto())
+    resumed.load_state_dict(state)
+    assert resumed.sampler.position == 6 * resumed.config.meta_batch
+    assert resumed.fit().step == 8
+
+
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path):
     # the memory guard's probes (1 and 2 episodes) are its first two meta-loss calls
     trainer = make_trainer(tmp_path, 10, algorithm=TinyProto(poison_at=6 + 2))

@@ -225,8 +225,8 @@ class TaskStream(ABC):
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         if "position" not in state:
             raise ValueError(
-                "the sampler state has no task-stream position: it was saved by a lifelong "
-                "older than keyed task streams, whose runs this version cannot resume"
+                "the sampler state has no task-stream position: a lifelong older than keyed "
+                "task streams saved it (Trainer.load_state_dict resumes such runs from their step)"
             )
         self.position = int(state["position"])
 

@@ -343,8 +343,11 @@ class Trainer:
                             f"of shape {tuple(p.shape)}"
                         )
         self.scheduler.load_state_dict(state["scheduler"])
-        self.sampler.load_state_dict(own["sampler"])
         self.step = int(state["step"])
+        sampler = own["sampler"]
+        if "position" not in sampler:  # saved before keyed task streams: go on from the step
+            sampler = {**sampler, "position": torch.tensor(self.step * self.config.meta_batch)}
+        self.sampler.load_state_dict(sampler)
         if len(ranks) == self.world.size:
             set_rng_state(own["rng"])
         else:
