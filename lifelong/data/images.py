@@ -238,7 +238,8 @@ def decode_classes(
                     break
     h, w = _size_hw(size)
     images = torch.empty((len(flat), channels, h, w), dtype=torch.uint8)
-    for i, f in enumerate(tqdm(flat, desc=f"{name}: decoding", unit="img", leave=False)):
+    bar = tqdm(flat, desc=f"{name}: decoding", unit="img", leave=False, disable=None)
+    for i, f in enumerate(bar):  # (no bar unless on a terminal: not in logs, nor before errors)
         data, label = source(f)
         images[i] = decode_image(data, size, channels, invert, label)
     return ClassDataset(images, [len(c) for c in files], classes, name)

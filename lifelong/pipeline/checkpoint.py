@@ -43,6 +43,16 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, incomplete, corrupted or of another format."""
 
 
+def error_line(err: BaseException) -> str:
+    """The first informative line of ``err``'s message, for a one-line error: torch's
+    ``load_state_dict`` gives its header ("Error(s) in loading state_dict for X:") a line of
+    its own, before the keys and shapes that do not fit."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        return f"{lines[0]} {lines[1]}"
+    return lines[0] if lines else ""
+
+
 def encode(obj: Any, tensors: dict[str, Tensor], path: str = "") -> Any:
     """``obj`` (nested dicts, lists, tuples, numbers, strings, tensors) as a JSON-able value;
     its tensors are moved into ``tensors`` under their path and replaced by references.

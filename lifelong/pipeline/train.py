@@ -62,6 +62,7 @@ from lifelong.files import atomic_write
 from lifelong.pipeline.allocator import keep_freed_memory
 from lifelong.pipeline.checkpoint import (
     CheckpointError,
+    error_line,
     has_checkpoint,
     load_checkpoint,
     rng_state,
@@ -323,11 +324,20 @@ class Trainer:
         except ConfigError:
             raise
         except (KeyError, TypeError, IndexError, ValueError, RuntimeError) as err:
-            first = (str(err).strip().splitlines() or [""])[0]
             raise CheckpointError(
                 f"the last checkpoint of {str(self.run_dir)!r} does not fit its run "
-                f"({type(err).__name__}: {first})"
+                f"({type(err).__name__}: {error_line(err)})"
             ) from None
+        restored = [*self.algorithm.state_dict().values()] + [
+            v for moments in self.optimizer.state.values() for v in moments.values()
+        ]
+        if not all(
+            t.isfinite().all() for t in restored if torch.is_tensor(t) and t.is_floating_point()
+        ):
+            raise CheckpointError(
+                f"the last checkpoint of {str(self.run_dir)!r} holds weights or optimizer "
+                "moments that are NaN or infinite: it cannot be resumed"
+            )
 
     def _restore(self, state: dict[str, Any]) -> None:
         ranks = state.get("ranks", [{"sampler": state["sampler"], "rng": state["rng"]}])

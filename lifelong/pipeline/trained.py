@@ -12,7 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from lifelong.algorithms.base import Algorithm
-from lifelong.pipeline.checkpoint import CheckpointError, has_checkpoint, load_checkpoint
+from lifelong.pipeline.checkpoint import (
+    CheckpointError,
+    error_line,
+    has_checkpoint,
+    load_checkpoint,
+)
 from lifelong.pipeline.config import ConfigError, RunConfig
 from lifelong.pipeline.data import DataFacts
 from lifelong.pipeline.factory import build_algorithm
@@ -80,9 +85,9 @@ def load_trained(
     try:
         algorithm.load_state_dict(weights)
     except (RuntimeError, TypeError) as err:
-        first = str(err).strip().splitlines()[0]
         raise CheckpointError(
-            f"the checkpoint of {str(run_dir)!r} does not fit the model its config builds: {first}"
+            f"the checkpoint of {str(run_dir)!r} does not fit the model its config builds: "
+            f"{error_line(err)}"
         ) from err
     if not all(
         t.isfinite().all() for t in algorithm.state_dict().values() if t.is_floating_point()

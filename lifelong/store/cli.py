@@ -35,9 +35,10 @@ DeviceOption = Annotated[str, typer.Option(help="cpu or cuda.")]
 
 
 def distance(value: float | None) -> float | None:
-    """A ``--threshold``: a distance, or inf (never unknown); NaN would never compare."""
-    if value is not None and math.isnan(value):
-        raise typer.BadParameter("nan is not a distance (inf: never answer unknown)")
+    """A ``--threshold``: a distance, or inf (never unknown); NaN would never compare, and
+    -inf would call every image unknown (as the server, which refuses both)."""
+    if value is not None and (math.isnan(value) or value == -math.inf):
+        raise typer.BadParameter(f"{value} is not a distance (inf: never answer unknown)")
     return value
 
 
@@ -141,7 +142,8 @@ def recognize_command(
         used = db.meta.get("threshold") if threshold is None else threshold
     if as_json:
         rows = [r.to_dict() for r in results]
-        typer.echo(json.dumps({"threshold": used, "predictions": rows}))
+        never = used is not None and math.isinf(used)  # null, as the server: JSON has no inf
+        typer.echo(json.dumps({"threshold": None if never else used, "predictions": rows}))
         return
     width = max(len(r.file) for r in results)
     for r in results:

@@ -4,10 +4,13 @@ the run folder is written."""
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from test_cli import TINY_RUN, refused
+from test_http_limits import png_chunk
 
 TINY = [a for a in TINY_RUN if a != "--quiet"]
 """A tiny strokes run's flags: the cases that load data load 36 classes of 6 images."""
@@ -139,3 +142,61 @@ def test_bad_train_invocations(args, code, message, tmp_path, capsys, monkeypatc
     monkeypatch.chdir(tmp_path)
     refused(capsys, args, code, message, (tmp_path,))
     assert list(Path(tmp_path).iterdir()) == []
+
+
+FOLDER_RUN = [
+    "--algorithm", "protonet", "--dataset", "folder", "--image-size", "12", "--hidden", "8",
+    "--shots", "1", "--queries", "1", "--iterations", "1", "--quiet",
+]  # fmt: skip
+"""A tiny run on a folder dataset (``--data-root`` given by each case)."""
+
+
+def image_folder(root: Path, classes: int, per_class: int = 3) -> Path:
+    """``root/c0/0.png``...: ``classes`` folders of small grey PNGs."""
+    for k in range(classes):
+        (root / f"c{k}").mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("L", (20, 16), 40 * i + k).save(root / f"c{k}" / f"{i}.png")
+    return root
+
+
+def bomb() -> bytes:
+    """The header of a 20000x20000 8-bit grey PNG (400 Mpx) and no pixels."""
+    header = struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0)
+    chunks = [(b"IHDR", header), (b"IDAT", b""), (b"IEND", b"")]
+    return b"\x89PNG\r\n\x1a\n" + b"".join(png_chunk(*c) for c in chunks)
+
+
+FOLDERS = [
+    ("one-class", ["--ways", "1"], "split 'train' of folder has 1 class: a classification task"),
+    ("one-class", ["--ways", "2"], "split 'train' of folder has 1 class"),
+    ("bomb", ["--ways", "2"], "c1/9.png is too large: Image size (400000000 pixels) exceeds"),
+    ("not-an-image", ["--ways", "2"], "c0/9.png is not an image (in a format Pillow reads)"),
+    ("hollow", ["--ways", "2"], "data/c5 holds no images (looked for .bmp"),
+    ("missing", ["--ways", "2"], "data does not exist or is not a folder"),
+    ("a-file", ["--ways", "2"], "data does not exist or is not a folder"),
+]
+"""Folder datasets that `lifelong train` must refuse: a folder of one class (with ``--ways 1``,
+whose loss would be 0), a 20000x20000 PNG (a decompression bomb), a file that is not an image,
+a class folder without images, a folder that does not exist or is a file."""
+
+
+@pytest.mark.parametrize(("layout", "flags", "message"), FOLDERS)
+def test_bad_folder_datasets(layout, flags, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LIFELONG_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    if layout == "one-class":
+        image_folder(data, classes=1, per_class=6)
+    elif layout == "a-file":
+        data.write_bytes(bomb())
+    elif layout != "missing":
+        image_folder(data, classes=5)
+    if layout == "bomb":
+        (data / "c1" / "9.png").write_bytes(bomb())
+    if layout == "not-an-image":
+        (data / "c0" / "9.png").write_text("not a PNG, whatever its name says")
+    if layout == "hollow":
+        (data / "c5").mkdir()
+    args = ["train", *FOLDER_RUN, *flags, "--data-root", data, "--out", tmp_path / "run"]
+    refused(capsys, args, 1, message, (data,) if data.exists() else ())
+    assert not (tmp_path / "run").exists()

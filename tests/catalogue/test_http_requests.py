@@ -59,6 +59,9 @@ def test_cross_origin_writes_are_refused_without_a_token(client):
         one_line(learn(client, "csrf", 1, headers=headers), 403, "cross-origin request refused")
         forget = client.delete("/classes", params={"class_name": "known"}, headers=headers)
         one_line(forget, 403, "only this server's own page")
+        one_line(client.delete("/classes/known", headers=headers), 403, "cross-origin request")
+        query = uploads([("q.png", png(0))])
+        one_line(client.post("/predict", files=query, headers=headers), 403, "cross-origin")
     assert classes(client) == before
     own = [
         {"Origin": str(client.base_url).rstrip("/")},

@@ -81,6 +81,10 @@ def test_a_store_replaced_or_made_anew_under_the_server_is_refused(run_dir, tmp_
 def test_health_names_no_paths_of_a_changed_store_without_the_token(run_dir, tmp_path):
     store, log = tmp_path / "s.db", tmp_path / "log"
     with serving(store, log, "--run", run_dir, "--token", "t") as (url, _):
+        health = httpx.get(f"{url}/health")  # no token needed
+        assert health.status_code == 200 and health.json()["auth"] is True
+        assert str(run_dir.resolve()) not in health.text and "run_dir" not in health.text
+        assert str(tmp_path) not in health.text
         shutil.copyfile(other_weights(store, tmp_path / "other.db"), store)
         anonymous = httpx.get(f"{url}/health")
         assert anonymous.status_code == 409

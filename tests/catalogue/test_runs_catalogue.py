@@ -21,6 +21,7 @@ from safetensors.torch import load, save
 from test_cli import TINY_RUN, cli, refused, write_pngs
 from test_store import CLASSES, trained_run
 
+from lifelong.cli import main
 from lifelong.data.strokes import load_strokes
 from lifelong.pipeline.checkpoint import load_checkpoint
 
@@ -149,12 +150,64 @@ def test_tensors_that_are_not_safetensors_with_a_matching_hash(copy, capsys):
         (lambda m, t: m["state"].pop("rng"), "does not fit its run (KeyError: 'rng')"),
         (lambda m, t: m["state"].update(optimizer=[]), "does not fit its run"),
         (drop("tensors"), "is incomplete (no tensors)"),
+        (
+            lambda m, t: t[first_weight(t)].fill_(float("nan")),
+            "holds weights or optimizer moments that are NaN or infinite: it cannot be resumed",
+        ),
+        (
+            lambda m, t: [v.fill_(float("inf")) for k, v in t.items() if "exp_avg" in k],
+            "holds weights or optimizer moments that are NaN or infinite",
+        ),
     ],
 )
 def test_damaged_checkpoints_cannot_be_resumed(change, message, copy, capsys):
     tamper(copy, change, tags=("last",))
     args = ["train", "--resume", "--iterations", "12", "--quiet", "--out", copy]
     refused(capsys, args, 1, message, (copy,))
+
+
+@pytest.fixture(scope="module")
+def maml_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny run's settings with MAML, 2 iterations (a best and a last checkpoint)."""
+    out = tmp_path_factory.mktemp("maml") / "run"
+    flags = ["maml" if a == "protonet" else a for a in TINY_RUN]
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", *flags, "--iterations", "2", "--out", str(out)])
+    assert exit_.value.code == 0
+    return out
+
+
+MAML = "/algorithm/step_weights"
+"""The buffer of MAML's multi-step loss weights, which ProtoNet has not."""
+
+MAML_CHECKPOINTS = [
+    (lambda m, t: t.pop(MAML), "does not match its tensors 'TAG.00000002.safetensors' (KeyError"),
+    (
+        lambda m, t: m["state"]["algorithm"].pop("step_weights"),
+        'for MAML: Missing key(s) in state_dict: "step_weights"',
+    ),
+    (
+        lambda m, t: t.update({"/algorithm/model.head.weight": torch.zeros(2, 2)}),
+        "for MAML: size mismatch for model.head.weight",
+    ),
+    (lambda m, t: t.update({MAML: torch.zeros(7)}), "size mismatch for step_weights"),
+    (lambda m, t: t[MAML].fill_(float("nan")), "NaN or inf"),
+]
+"""MAML checkpoints edited with the tensor file's hash recomputed (issue 13: a KeyError
+traceback), for ``evaluate`` (``TAG``: best) and for ``train --resume`` (last)."""
+
+
+@pytest.mark.parametrize("command", ["evaluate", "resume"])
+@pytest.mark.parametrize(("change", "message"), MAML_CHECKPOINTS)
+def test_damaged_maml_checkpoints(change, message, command, maml_run, tmp_path, capsys):
+    copy = Path(shutil.copytree(maml_run, tmp_path / "run"))
+    tag = {"evaluate": "best", "resume": "last"}[command]
+    tamper(copy, change, tags=(tag,))
+    args = {
+        "evaluate": ["evaluate", copy, "--episodes", "2", "--checkpoint", "best"],
+        "resume": ["train", "--resume", "--iterations", "4", "--quiet", "--out", copy],
+    }[command]
+    refused(capsys, args, 1, message.replace("TAG", tag), (copy,))
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ byte for byte as it was."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -88,6 +89,7 @@ CASES = [
     (["learn", "RUN", "--store", "a-folder.db", "--class", "a", IMAGE], 1, "is not a file"),
     (["learn", "images", *STORE, "--class", "a", IMAGE], 1, "is not a lifelong run folder"),
     (["recognize", *STORE, IMAGE, "--threshold", "nan"], 2, "nan is not a distance"),
+    (["recognize", *STORE, IMAGE, "--threshold", "-inf"], 2, "-inf is not a distance"),
     (["recognize", *STORE, IMAGE, "--top", "0"], 1, "top must be at least 1, got 0"),
     (["recognize", *STORE, "notes.txt"], 1, "notes.txt is not an image"),
     (["recognize", *STORE, IMAGE, "--run", "images"], 1, "not a lifelong run folder"),
@@ -113,6 +115,7 @@ CASES = [
     (["serve", *STORE, "--max-file-mb", "nan"], 2, "must be a positive number, got nan"),
     (["serve", *STORE, "--max-file-mb", "inf"], 2, "must be a positive number, got inf"),
     (["serve", *STORE, "--threshold", "nan"], 2, "nan is not a distance"),
+    (["serve", *STORE, "--threshold", "-inf"], 2, "-inf is not a distance"),
     (["serve", "--store", "notes.txt"], 1, "is not a lifelong class store"),
     (["serve", "--store", "empty.db"], 1, "is an empty file"),
 ]
@@ -124,6 +127,15 @@ def test_bad_store_commands(args, code, message, run_dir, place, capsys, monkeyp
     monkeypatch.chdir(place)
     args = [run_dir if a == "RUN" else a for a in args]
     refused(capsys, args, code, message, (place,))
+
+
+def test_an_infinite_threshold_is_null_in_json(place, capsys, monkeypatch):
+    """inf (never unknown) is written ``null``, as the server does: JSON has no infinity."""
+    monkeypatch.chdir(place)
+    code, out, _ = cli(capsys, "recognize", *STORE, IMAGE, "--threshold", "inf", "--json")
+    answer = json.loads(out, parse_constant=lambda name: pytest.fail(f"{name} in {out}"))
+    assert code == 0 and answer["threshold"] is None
+    assert answer["predictions"][0]["label"] == "a" and not answer["predictions"][0]["unknown"]
 
 
 def test_forget_strips_the_name_as_learn_does(run_dir, place, tmp_path, capsys):
