@@ -12,7 +12,15 @@ each second order (true meta-gradient, ``_2nd``) and first order (FOMAML, ``_1st
   TaskForward` (channels_last, first convolution as a matrix product, pooling before ReLU; NCHW
   and a batch norm with a cheap double backward on the support pass), each task differentiated
   as soon as its loss is computed, the tasks shared out to one thread per core;
-- ``fast_1worker``: the same in the calling thread, intra-op threads (``workers=1``).
+- ``fast_1worker``: the same in the calling thread, intra-op threads (``workers=1``);
+- ``fast_grouped``: all 32 tasks in one batched forward (``task_chunk=32``): larger fused
+  matrix products instead of one task at a time, in the calling thread;
+- ``fast_compiled``: ``fast_1worker`` with its task forward through ``torch.compile``
+  (inductor); where a variant cannot run (``torch.compile`` has no double backward), the error
+  is recorded instead of its times;
+- ``fast_bf16``: ``fast_1worker`` under ``torch.autocast`` in bfloat16 (native on CPUs with
+  AVX-512-BF16 or AMX; the flags are recorded), in the calling thread since autocast is
+  per-thread; its meta-gradient is *not* the loop's, see ``grad_vs_loop``.
 
 Variants are timed in turns (one meta-iteration of each per round) so that a change in the
 machine's load hits all alike; wall and CPU seconds, median over rounds after warm-up, with
@@ -28,6 +36,7 @@ path's time here.
 
 Usage:
     python benchmarks/maml_speed.py [--rounds 3] [--warmup 1] [--threads 2] [--allocator keep]
+        [--variants loop fast fast_1worker fast_grouped fast_compiled fast_bf16]
 
 Writes ``benchmarks/results/maml_speed.json``.
 """
@@ -35,6 +44,7 @@ Writes ``benchmarks/results/maml_speed.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -44,9 +54,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import Tensor
 
 from lifelong.algorithms.maml import MAML
 from lifelong.data.episodes import EpisodeBatch
@@ -55,10 +68,24 @@ from lifelong.pipeline.allocator import keep_freed_memory
 
 HERE = Path(__file__).resolve().parent
 WAYS, SHOTS, QUERIES, META_BATCH = 5, 1, 15, 32
+
+
+@dataclass(frozen=True)
+class Variant:
+    """MAML options, and how its step is run: the task forward compiled, or under autocast."""
+
+    options: dict[str, Any] = field(default_factory=dict)
+    compiled: bool = False
+    autocast: torch.dtype | None = None
+
+
 VARIANTS = {
-    "loop": {"fast": False},
-    "fast": {},
-    "fast_1worker": {"workers": 1},
+    "loop": Variant({"fast": False}),
+    "fast": Variant(),
+    "fast_1worker": Variant({"workers": 1}),
+    "fast_grouped": Variant({"workers": 1, "task_chunk": META_BATCH}),
+    "fast_compiled": Variant({"workers": 1}, compiled=True),
+    "fast_bf16": Variant({"workers": 1}, autocast=torch.bfloat16),
 }
 
 
@@ -87,45 +114,93 @@ def setting() -> tuple[Conv4, EpisodeBatch]:
 
 def make_step(variant: str, first_order: bool) -> tuple[MAML, Callable[[], None]]:
     model, batch = setting()
-    maml = MAML(model, inner_lr=0.4, inner_steps=1, first_order=first_order, **VARIANTS[variant])
+    how = VARIANTS[variant]
+    maml = MAML(model, inner_lr=0.4, inner_steps=1, first_order=first_order, **how.options)
+    if how.compiled:
+        maml.fast_forward = torch.compile(maml.fast_forward, dynamic=False)
+    precision = (
+        torch.autocast("cpu", dtype=how.autocast) if how.autocast else contextlib.nullcontext()
+    )
 
     def step() -> None:
         maml.zero_grad(set_to_none=True)
-        maml.meta_loss(batch).loss.backward()
+        with precision:
+            loss = maml.meta_loss(batch).loss
+        loss.backward()
 
     return maml, step
 
 
-def agreement(first_order: bool) -> float:
-    """max |grad_fast - grad_loop| / ||grad_loop|| of one meta-iteration."""
-    grads = []
-    for variant in ("loop", "fast"):
-        maml, step = make_step(variant, first_order)
-        step()
-        grads.append(torch.cat([p.grad.flatten() for p in maml.parameters()]))
-    return float((grads[0] - grads[1]).abs().max() / grads[0].norm())
+def split(name: str) -> tuple[str, bool]:
+    """``"fast_1worker_2nd"`` -> ``("fast_1worker", False)`` (variant, first order)."""
+    variant, order = name.rsplit("_", 1)
+    return variant, order == "1st"
+
+
+def grad_vs_loop(names: list[str]) -> dict[str, float | None]:
+    """max |grad - grad_loop| / ||grad_loop|| of one meta-iteration of each variant."""
+    out: dict[str, float | None] = {}
+    reference: dict[bool, Tensor] = {}
+    for name in names:
+        variant, first_order = split(name)
+        if first_order not in reference:
+            maml, step = make_step("loop", first_order)
+            step()
+            reference[first_order] = torch.cat([p.grad.flatten() for p in maml.parameters()])
+        try:
+            maml, step = make_step(variant, first_order)
+            step()
+        except Exception:  # recorded by timings()
+            out[name] = None
+            continue
+        grad = torch.cat([p.grad.flatten() for p in maml.parameters()])
+        ref = reference[first_order]
+        out[name] = float((grad - ref).abs().max() / ref.norm())
+    return out
 
 
 def timings(names: list[str], rounds: int, warmup: int) -> dict:
-    """Wall and CPU seconds per meta-iteration of each variant, timed in turns."""
-    steps = {n: make_step(n.rsplit("_", 1)[0], n.endswith("_1st"))[1] for n in names}
-    wall: dict[str, list[float]] = {n: [] for n in names}
-    cpu: dict[str, list[float]] = {n: [] for n in names}
-    for _ in range(warmup + rounds):
-        for n in names:
-            start, start_cpu = time.perf_counter(), time.process_time()
+    """Wall and CPU seconds per meta-iteration of each variant, timed in turns (the first
+    call of each, e.g. a compilation, is timed apart as ``first_s``)."""
+    steps, results = {}, {}
+    for n in names:
+        try:
+            steps[n] = make_step(*split(n))[1]
+            start = time.perf_counter()
             steps[n]()
+            results[n] = {"first_s": round(time.perf_counter() - start, 3)}
+        except Exception as error:
+            message = str(error).strip().splitlines()[0][:300]
+            results[n] = {"error": f"{type(error).__name__}: {message}"}
+            steps.pop(n, None)
+    wall: dict[str, list[float]] = {n: [] for n in steps}
+    cpu: dict[str, list[float]] = {n: [] for n in steps}
+    for _ in range(warmup + rounds):
+        for n, step in steps.items():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            step()
             wall[n].append(time.perf_counter() - start)
             cpu[n].append(time.process_time() - start_cpu)
-    return {
-        n: {
-            "median_s": round(statistics.median(wall[n][warmup:]), 3),
-            "min_s": round(min(wall[n][warmup:]), 3),
-            "cpu_median_s": round(statistics.median(cpu[n][warmup:]), 3),
-            "times_s": [round(t, 3) for t in wall[n][warmup:]],
-        }
-        for n in names
-    }
+    for n in steps:
+        results[n].update(
+            median_s=round(statistics.median(wall[n][warmup:]), 3),
+            min_s=round(min(wall[n][warmup:]), 3),
+            cpu_median_s=round(statistics.median(cpu[n][warmup:]), 3),
+            times_s=[round(t, 3) for t in wall[n][warmup:]],
+        )
+    return results
+
+
+def cpu_flags() -> list[str]:
+    """The vector and matrix extensions that decide bf16 and vector speed (Linux)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    text = cpuinfo.read_text() if cpuinfo.exists() else ""
+    flags = next(
+        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
+        [],
+    )
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    return [f for f in wanted if f in flags]
 
 
 def peak_rss_mib() -> float:
@@ -141,7 +216,7 @@ def peak_rss_mib() -> float:
 
 def peak_memory(name: str) -> None:
     """Child process: print the growth of the peak RSS over the set-up, in MiB."""
-    _, step = make_step(name.rsplit("_", 1)[0], name.endswith("_1st"))
+    _, step = make_step(*split(name))
     before = peak_rss_mib()
     step()
     print(json.dumps({"peak_growth_mib": round(peak_rss_mib() - before, 1)}))
@@ -153,6 +228,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations first")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--allocator", choices=("default", "keep"), default="default")
+    parser.add_argument(
+        "--variants", nargs="+", choices=list(VARIANTS), default=["loop", "fast", "fast_1worker"]
+    )
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "maml_speed.json")
     args = parser.parse_args()
@@ -163,16 +241,19 @@ def main() -> None:
         peak_memory(args.memory_of)
         return
 
-    names = [f"{v}_{order}" for order in ("2nd", "1st") for v in VARIANTS]
+    names = [f"{v}_{order}" for order in ("2nd", "1st") for v in args.variants]
     load_before = os.getloadavg()
     results = timings(names, args.rounds, args.warmup)
     load_after = os.getloadavg()
     for n in names:
+        if "error" in results[n]:
+            print(f"{n:18s} {results[n]['error']}")
+            continue
         command = [sys.executable, __file__, "--memory-of", n, "--threads", str(args.threads)]
         command += ["--allocator", args.allocator]
         out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         results[n].update(json.loads(out.strip().splitlines()[-1]))
-    for n in names:
+    for n in (n for n in names if "error" not in results[n]):
         r = results[n]
         print(
             f"{n:18s} median {r['median_s']:7.3f} s  cpu {r['cpu_median_s']:7.3f} s  "
@@ -194,16 +275,18 @@ def main() -> None:
         "load_note": "1/5/15-minute load averages; the 2 cores are shared with other users",
         "allocator": args.allocator,
         "thp_mem_alloc_enable": os.environ.get("THP_MEM_ALLOC_ENABLE"),
-        "grad_agreement_max_abs_over_norm": {
-            "2nd": agreement(first_order=False),
-            "1st": agreement(first_order=True),
-        },
+        "cpu_flags": cpu_flags(),
+        "grad_vs_loop_max_abs_over_norm": grad_vs_loop(names),
         "variants": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    speedup = results["loop_2nd"]["median_s"] / results["fast_2nd"]["median_s"]
-    print(f"second order: fast is {speedup:.2f}x the loop; wrote {args.out}")
+    for n in names:
+        variant, first_order = split(n)
+        loop = results.get(f"loop_{'1st' if first_order else '2nd'}", {}).get("median_s")
+        if loop and "median_s" in results[n] and variant != "loop":
+            print(f"{n}: {loop / results[n]['median_s']:.2f}x the loop")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
