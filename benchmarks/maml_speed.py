@@ -18,9 +18,10 @@ each second order (true meta-gradient, ``_2nd``) and first order (FOMAML, ``_1st
 - ``fast_compiled``: ``fast_1worker`` with its task forward through ``torch.compile``
   (inductor); where a variant cannot run (``torch.compile`` has no double backward), the error
   is recorded instead of its times;
-- ``fast_bf16``: ``fast_1worker`` under ``torch.autocast`` in bfloat16 (native on CPUs with
-  AVX-512-BF16 or AMX; the flags are recorded), in the calling thread since autocast is
-  per-thread; its meta-gradient is *not* the loop's, see ``grad_vs_loop``.
+- ``fast_bf16`` and ``fast_1worker_bf16``: ``fast`` and ``fast_1worker`` under
+  ``torch.autocast`` in bfloat16 (native on CPUs with AVX-512-BF16 or AMX; the flags are
+  recorded; the workers take the caller's autocast); the meta-gradient is *not* the loop's,
+  see ``grad_vs_loop``.
 
 Variants are timed in turns (one meta-iteration of each per round) so that a change in the
 machine's load hits all alike; wall and CPU seconds, median over rounds after warm-up, with
@@ -36,7 +37,7 @@ path's time here.
 
 Usage:
     python benchmarks/maml_speed.py [--rounds 3] [--warmup 1] [--threads 2] [--allocator keep]
-        [--variants loop fast fast_1worker fast_grouped fast_compiled fast_bf16]
+        [--variants loop fast fast_1worker fast_grouped fast_compiled fast_bf16 ...]
 
 Writes ``benchmarks/results/maml_speed.json``.
 """
@@ -85,7 +86,8 @@ VARIANTS = {
     "fast_1worker": Variant({"workers": 1}),
     "fast_grouped": Variant({"workers": 1, "task_chunk": META_BATCH}),
     "fast_compiled": Variant({"workers": 1}, compiled=True),
-    "fast_bf16": Variant({"workers": 1}, autocast=torch.bfloat16),
+    "fast_bf16": Variant(autocast=torch.bfloat16),
+    "fast_1worker_bf16": Variant({"workers": 1}, autocast=torch.bfloat16),
 }
 
 

@@ -124,6 +124,22 @@ def test_fast_path_equals_reference_loop(options: dict, kind: str) -> None:
         torch.testing.assert_close(fast.evaluate(batch), reference.evaluate(batch))
 
 
+def test_worker_threads_keep_the_callers_autocast() -> None:
+    """Autocast is per thread: the tasks shared out to worker threads run in bfloat16 when the
+    caller asked for it, as in the calling thread (else they silently ran in float32)."""
+    batch = episodes("conv", tasks=4).to("cpu", torch.float32)
+    model = tiny("conv").float()
+    one, two = (MAML(model, inner_lr=0.3, inner_steps=1, workers=w) for w in (1, 2))
+    with torch.autocast("cpu", torch.bfloat16):
+        in_caller, in_workers = (meta_gradient(m, batch)[2] for m in (one, two))
+    full = meta_gradient(two, batch)[2]
+    for a, b in zip(in_caller, in_workers, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+    assert not all(
+        torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(in_workers, full, strict=True)
+    )
+
+
 def test_float32_omniglot_shapes_agree() -> None:
     """The real layout (Conv-4 with 64 filters on 28x28) in float32: the fast path's
     meta-gradient equals the loop's to float tolerance."""

@@ -420,13 +420,15 @@ class InnerLoopLearner(Algorithm):
         self, fn: Callable[[EpisodeBatch], Any], shares: list[EpisodeBatch]
     ) -> list[Any]:
         """``[fn(share) for share in shares]``, one thread per share, each with one intra-op
-        thread and the caller's grad mode."""
+        thread and the caller's grad mode and CPU autocast (both are per thread)."""
         if len(shares) == 1:
             return [fn(shares[0])]
         grad_mode = torch.is_grad_enabled()
+        autocast = torch.is_autocast_enabled("cpu")
+        dtype = torch.get_autocast_dtype("cpu")
 
         def run(share: EpisodeBatch) -> Any:
-            with torch.set_grad_enabled(grad_mode):
+            with torch.set_grad_enabled(grad_mode), torch.autocast("cpu", dtype, autocast):
                 return fn(share)
 
         threads = torch.get_num_threads()
