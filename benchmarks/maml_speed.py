@@ -48,7 +48,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -66,6 +65,7 @@ from lifelong.algorithms.maml import MAML
 from lifelong.data.episodes import EpisodeBatch
 from lifelong.models.conv4 import Conv4
 from lifelong.pipeline.allocator import keep_freed_memory
+from lifelong.reproduce import machine
 
 HERE = Path(__file__).resolve().parent
 WAYS, SHOTS, QUERIES, META_BATCH = 5, 1, 15, 32
@@ -89,14 +89,6 @@ VARIANTS = {
     "fast_bf16": Variant(autocast=torch.bfloat16),
     "fast_1worker_bf16": Variant({"workers": 1}, autocast=torch.bfloat16),
 }
-
-
-def cpu_model() -> str:
-    """The processor's model name (Linux), else the machine type."""
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else platform.machine()
 
 
 def setting() -> tuple[Conv4, EpisodeBatch]:
@@ -193,18 +185,6 @@ def timings(names: list[str], rounds: int, warmup: int) -> dict:
     return results
 
 
-def cpu_flags() -> list[str]:
-    """The vector and matrix extensions that decide bf16 and vector speed (Linux)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    text = cpuinfo.read_text() if cpuinfo.exists() else ""
-    flags = next(
-        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
-        [],
-    )
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-    return [f for f in wanted if f in flags]
-
-
 def peak_rss_mib() -> float:
     """Peak resident set size of this process in MiB: ``VmHWM`` (Linux; unlike ``ru_maxrss``
     it does not carry over the parent's peak through fork and exec), else ``ru_maxrss``."""
@@ -261,12 +241,13 @@ def main() -> None:
             f"{n:18s} median {r['median_s']:7.3f} s  cpu {r['cpu_median_s']:7.3f} s  "
             f"peak +{r['peak_growth_mib']:.0f} MiB"
         )
+    host = machine(torch.device("cpu"))
     report = {
         "benchmark": (
             "MAML meta-iteration (meta_loss + backward), Omniglot 5-way 1-shot 15-query, "
             "meta-batch 32, Conv-4 (64), 28x28x1, 1 inner step; seconds, median over rounds"
         ),
-        "cpu": cpu_model(),
+        "cpu": host["cpu"],
         "cores": os.cpu_count(),
         "threads": args.threads,
         "torch": torch.__version__,
@@ -277,7 +258,7 @@ def main() -> None:
         "load_note": "1/5/15-minute load averages; the 2 cores are shared with other users",
         "allocator": args.allocator,
         "thp_mem_alloc_enable": os.environ.get("THP_MEM_ALLOC_ENABLE"),
-        "cpu_flags": cpu_flags(),
+        "cpu_flags": host["cpu_flags"],
         "grad_vs_loop_max_abs_over_norm": grad_vs_loop(names),
         "variants": results,
     }

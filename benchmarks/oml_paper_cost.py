@@ -34,6 +34,7 @@ from torch import nn
 from lifelong.algorithms.oml import OML
 from lifelong.data.episodes import EpisodeBatch
 from lifelong.models.conv4 import Conv4
+from lifelong.reproduce import machine
 
 HERE = Path(__file__).resolve().parent
 CLASSES = 963  # the reference code's meta-training classes
@@ -115,25 +116,12 @@ def main() -> None:
             f"{median * args.updates / 3600:.1f} h",
             flush=True,
         )
-    cpuinfo = Path("/proc/cpuinfo")
-    model = (
-        next(
-            (
-                line.split(":", 1)[1].strip()
-                for line in cpuinfo.read_text().splitlines()
-                if line.startswith("model name")
-            ),
-            "",
-        )
-        if cpuinfo.exists()
-        else ""
-    )
     report = {
         "benchmark": (
             "OML meta-update (trajectory of 20 images learned one at a time, second order; "
             "outer loss on them and 64 more; Adam), random 28x28 images"
         ),
-        "cpu": model,
+        "cpu": machine(torch.device("cpu"))["cpu"],
         "threads": args.threads,
         "load": [round(x, 2) for x in os.getloadavg()],
         "torch": torch.__version__,
