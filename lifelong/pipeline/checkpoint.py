@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,14 @@ def error_line(err: BaseException) -> str:
     if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
         return f"{lines[0]} {lines[1]}"
     return lines[0] if lines else ""
+
+
+def all_finite(values: Iterable[Any]) -> bool:
+    """Whether every floating-point tensor among ``values`` is free of NaN and infinity (a
+    restored state that training or use cannot start from)."""
+    return all(
+        bool(v.isfinite().all()) for v in values if torch.is_tensor(v) and v.is_floating_point()
+    )
 
 
 def encode(obj: Any, tensors: dict[str, Tensor], path: str = "") -> Any:

@@ -62,6 +62,7 @@ from lifelong.files import atomic_write
 from lifelong.pipeline.allocator import keep_freed_memory
 from lifelong.pipeline.checkpoint import (
     CheckpointError,
+    all_finite,
     error_line,
     has_checkpoint,
     load_checkpoint,
@@ -328,12 +329,8 @@ class Trainer:
                 f"the last checkpoint of {str(self.run_dir)!r} does not fit its run "
                 f"({type(err).__name__}: {error_line(err)})"
             ) from None
-        restored = [*self.algorithm.state_dict().values()] + [
-            v for moments in self.optimizer.state.values() for v in moments.values()
-        ]
-        if not all(
-            t.isfinite().all() for t in restored if torch.is_tensor(t) and t.is_floating_point()
-        ):
+        moments = (v for state in self.optimizer.state.values() for v in state.values())
+        if not all_finite([*self.algorithm.state_dict().values(), *moments]):
             raise CheckpointError(
                 f"the last checkpoint of {str(self.run_dir)!r} holds weights or optimizer "
                 "moments that are NaN or infinite: it cannot be resumed"

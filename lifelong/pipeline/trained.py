@@ -14,6 +14,7 @@ from typing import Any
 from lifelong.algorithms.base import Algorithm
 from lifelong.pipeline.checkpoint import (
     CheckpointError,
+    all_finite,
     error_line,
     has_checkpoint,
     load_checkpoint,
@@ -89,9 +90,7 @@ def load_trained(
             f"the checkpoint of {str(run_dir)!r} does not fit the model its config builds: "
             f"{error_line(err)}"
         ) from err
-    if not all(
-        t.isfinite().all() for t in algorithm.state_dict().values() if t.is_floating_point()
-    ):
+    if not all_finite(algorithm.state_dict().values()):
         raise CheckpointError(
             f"the {tag} checkpoint of {str(run_dir)!r} holds weights that are NaN or infinite"
         )
