@@ -76,6 +76,7 @@ def _rank_main(rank: int, size: int, port: int, worker: Callable[..., None], arg
     )
     try:
         worker(rank, *args)
+        dist.barrier()  # as lifelong's process_group: no rank leaves while a peer still talks
     except BaseException as err:
         (args[0] / f"rank{rank}.error").write_text(f"{type(err).__name__}: {err}")
         traceback.print_exc()

@@ -119,7 +119,8 @@ def timeout() -> timedelta:
 def process_group(device: torch.device) -> Iterator[World]:
     """Join the job's process group for the block when launched by ``torchrun`` (``gloo`` for
     the CPU, ``nccl`` for CUDA), and leave it afterwards; a group that is already initialised
-    (by the caller) is used as it is. Outside ``torchrun``: a single-process :class:`World`."""
+    (by the caller) is used as it is. Outside ``torchrun``: a single-process :class:`World`.
+    A block that ends normally waits for every rank before the group is destroyed."""
     if not launched() or dist.is_initialized():
         yield World.current()
         return
@@ -129,6 +130,8 @@ def process_group(device: torch.device) -> Iterator[World]:
     dist.init_process_group(backend, timeout=timeout())
     try:
         yield World.current()
+        with collective("waiting for the other processes to finish"):
+            dist.barrier()  # a rank that leaves while a peer still talks to it may abort in gloo
     finally:
         dist.destroy_process_group()
 
