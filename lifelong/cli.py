@@ -52,7 +52,11 @@ app = typer.Typer(
 
 F = TypeVar("F", bound=Callable[..., Any])
 FLAGS = {f.name: f"--{f.name.replace('_', '-')}" for f in fields(RunConfig)}
-DICT_OPTIONS = {"dataset_options": "--dataset-option", "task_options": "--task-option"}
+DICT_OPTIONS = {
+    "dataset_options": "--dataset-option",
+    "task_options": "--task-option",
+    "augment": "--augment",
+}
 """The options given as repeatable ``--NAME-option KEY=VALUE`` flags."""
 FLAGS.update(DICT_OPTIONS)
 
@@ -107,7 +111,8 @@ def clean_errors(command: F) -> F:
 def train_options() -> list[inspect.Parameter]:
     """One option per :class:`~lifelong.pipeline.config.RunConfig` field, its help and short
     flag from the field's metadata (``--x/--no-x`` for booleans; ``hidden`` as a comma list;
-    ``dataset_options`` and ``task_options`` as repeatable ``--dataset-option KEY=VALUE``)."""
+    ``dataset_options``, ``task_options`` and ``augment`` as repeatable ``--dataset-option
+    KEY=VALUE``)."""
     hints = typing.get_type_hints(RunConfig)
     params = []
     for f in fields(RunConfig):

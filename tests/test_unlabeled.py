@@ -12,6 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from lifelong.cli import app
+from lifelong.data.augment import Augmentation
 from lifelong.data.classes import ClassDataset, ClassInfo
 from lifelong.data.folder import UNLABELED, load_folder
 from lifelong.pipeline import train as train_module
@@ -19,7 +20,6 @@ from lifelong.pipeline.checkpoint import load_checkpoint
 from lifelong.pipeline.config import ConfigError, RunConfig
 from lifelong.pipeline.data import load_data
 from lifelong.pipeline.train import train
-from lifelong.unlabeled.augment import Augmentation
 from lifelong.unlabeled.umtra import UMTRA
 
 STROKES = {

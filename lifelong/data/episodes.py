@@ -15,13 +15,14 @@ from __future__ import annotations
 import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from lifelong.data.augment import Augmentation
 from lifelong.data.classes import ClassDataset
 
 
@@ -240,6 +241,9 @@ class EpisodeSampler(TaskStream):
         shots: K, support images per class.
         queries: Q, query images per class (disjoint from the support).
         seed: seed of the task stream (:class:`TaskStream`).
+        augment: a random view of every image of a drawn task (support and query), its random
+            numbers from the task's own generator; never of :meth:`fixed` episodes (evaluation
+            sees the images as they are).
 
     Example:
         >>> sampler = EpisodeSampler(train_split, ways=5, shots=1, queries=15, seed=0)
@@ -254,8 +258,10 @@ class EpisodeSampler(TaskStream):
         shots: int,
         queries: int,
         seed: int = 0,
+        augment: Augmentation | None = None,
     ) -> None:
         super().__init__(seed)
+        self.augment = augment
         for what, value in (("ways", ways), ("shots", shots), ("queries", queries)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"{what} must be a positive integer, got {value!r}")
@@ -315,11 +321,27 @@ class EpisodeSampler(TaskStream):
         return support, labels.repeat_interleave(self.queries).expand(n, -1).contiguous()
 
     def draw(self, count: int, generator: torch.Generator) -> EpisodeBatch:
-        return self._gather(*self._draw_indices(count, generator))
+        return self._augmented(self._gather(*self._draw_indices(count, generator)), [generator])
 
     def draw_each(self, generators: list[torch.Generator]) -> EpisodeBatch:
         drawn = [self._draw_indices(1, generator) for generator in generators]
-        return self._gather(torch.cat([c for c, _ in drawn]), torch.cat([i for _, i in drawn]))
+        batch = self._gather(torch.cat([c for c, _ in drawn]), torch.cat([i for _, i in drawn]))
+        return self._augmented(batch, generators)
+
+    def _augmented(self, batch: EpisodeBatch, generators: list[torch.Generator]) -> EpisodeBatch:
+        """``batch`` with :attr:`augment`'s views of its images: episode ``i`` drawn from
+        ``generators[i]`` (one generator: all episodes from it, in order)."""
+        if self.augment is None:
+            return batch
+        n = batch.support_x.shape[0]
+        per_episode = generators if len(generators) == n else generators * n
+
+        def view(images: Tensor) -> Tensor:
+            return torch.stack(
+                [self.augment(x, g) for x, g in zip(images, per_episode, strict=True)]
+            )
+
+        return replace(batch, support_x=view(batch.support_x), query_x=view(batch.query_x))
 
     def fixed(self, episodes: int, seed: int) -> FixedEpisodes:
         """A fixed list of ``episodes`` episodes: the same ``seed`` (and sampler settings) give

@@ -88,6 +88,10 @@ class RunConfig:
             split; its images are a pool from which ``task_construction`` (``umtra``,
             ``cactus``, ``pseudo``: :mod:`lifelong.unlabeled`) makes the tasks, with its
             ``task_options``. Validation and test use the labelled held-out classes.
+        augment: with labels, a random view of each image of every training episode
+            (:class:`lifelong.data.augment.Augmentation`: ``shift`` pixels, ``rotate``
+            degrees, ``scale``, ``elastic``, ``stroke``, ``dropout``); validation and test
+            episodes are never augmented.
 
     Episodes (Vinyals et al. 2016): ``ways`` classes, ``shots`` support and ``queries`` query
     examples per class; the ``test_*`` values (default: the training ones) are used for
@@ -148,6 +152,9 @@ class RunConfig:
     )
     task_options: dict[str, Any] | None = option(
         None, "Task construction option KEY=VALUE, repeatable (umtra: shift=6)."
+    )
+    augment: dict[str, Any] | None = option(
+        None, "Training-episode augmentation KEY=VALUE, repeatable (shift=2, rotate=10...)."
     )
     ways: int = option(5, "Classes per training episode.", "-n", bound="positive")
     shots: int = option(1, "Support examples per class.", "-k", bound="positive")

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from lifelong.data.augment import Augmentation
 from lifelong.data.classes import ClassDataset
 from lifelong.data.episodes import EpisodeSampler, TaskSampler
 from lifelong.data.folder import UNLABELED
@@ -137,7 +138,10 @@ class Data:
                 )  # fmt: skip
             except ValueError as err:
                 raise ConfigError(str(err)) from None
-        return EpisodeSampler(self.splits[split], ways, shots, queries, seed=seed)
+        augment = None
+        if split == self.config.train_split and self.config.augment:
+            augment = Augmentation.parse(self.config.augment)  # checked by check_config
+        return EpisodeSampler(self.splits[split], ways, shots, queries, seed, augment)
 
     def unlabeled_pool(self, split: str) -> torch.Tensor:
         """The images of ``split`` as an unlabeled pool, ``uint8 [n, C, H, W]``: its class

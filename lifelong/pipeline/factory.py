@@ -23,6 +23,7 @@ from torch import nn
 
 from lifelong.algorithms.base import Algorithm
 from lifelong.algorithms.registry import algorithm_class, algorithm_classes
+from lifelong.data.augment import Augmentation
 from lifelong.models.conv4 import Conv4
 from lifelong.models.mlp import MLP
 from lifelong.models.resnet12 import ResNet12
@@ -88,6 +89,16 @@ def check_config(cfg: RunConfig, facts: DataFacts) -> None:
         raise ConfigError(
             "`task_construction` makes tasks without labels: set `labels` none, or leave it out"
         )
+    if cfg.augment:
+        if cfg.labels == "none" or facts.regression:
+            raise ConfigError(
+                "`augment` applies to the images of labelled training episodes; a task "
+                "construction takes its own (`task_options`), regression tasks none"
+            )
+        try:
+            Augmentation.parse(cfg.augment)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     if cfg.pooling is not None and (cfg.backbone != "conv4" or cfg.strided or cfg.pooling > 4):
         raise ConfigError(
             f"`pooling` {cfg.pooling}: 0 to 4 pooled blocks of the conv4 backbone (not strided)"

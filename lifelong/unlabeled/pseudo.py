@@ -41,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lifelong.data.augment import Augmentation
 from lifelong.data.episodes import EpisodeBatch, to_device
-from lifelong.unlabeled.augment import Augmentation
 from lifelong.unlabeled.base import TaskConstruction
 from lifelong.unlabeled.umtra import UMTRA
 

@@ -9,7 +9,7 @@ query. On Omniglot the authors augment by random pixel dropout and shifts of up 
 
 Here the support is the image itself and, for K > 1 shots, K - 1 more augmented copies; each
 of the Q queries is an independent augmented copy. The options are those of
-:class:`~lifelong.unlabeled.augment.Augmentation`.
+:class:`~lifelong.data.augment.Augmentation`.
 
 Example:
     $ lifelong train --dataset omniglot --labels none --task-construction umtra \
@@ -23,8 +23,8 @@ from typing import ClassVar
 
 import torch
 
+from lifelong.data.augment import Augmentation
 from lifelong.data.episodes import EpisodeBatch
-from lifelong.unlabeled.augment import Augmentation
 from lifelong.unlabeled.base import TaskConstruction
 
 

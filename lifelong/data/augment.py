@@ -10,6 +10,9 @@ state draws exactly the augmentations it would have drawn. Images stay ``uint8``
 ``[n, C, H, W]``; what moves in from outside the image is 0 (the dark background of Omniglot
 and strokes; zero padding for colour images).
 
+Used by the task constructions of learning without labels (:mod:`lifelong.unlabeled`) and,
+with a run's ``augment`` option, on the training episodes of labelled meta-training.
+
 Example:
     >>> augment = Augmentation(shift=6, dropout=0.1)      # UMTRA's Omniglot setting
     >>> views = augment(images, torch.Generator().manual_seed(0))
@@ -72,6 +75,21 @@ class Augmentation:
     def of(cls, settings: Mapping[str, float | str]) -> Augmentation:
         """The augmentation of a construction's ``settings`` (the keys that are fields)."""
         return cls(**{f.name: float(settings[f.name]) for f in fields(cls)})
+
+    @classmethod
+    def parse(cls, given: Mapping[str, object], what: str = "augment") -> Augmentation:
+        """The augmentation of user options ``given`` (e.g. a run's ``augment``: ``{shift:
+        2, rotate: 10}``), the others at their defaults; a one-line ``ValueError`` names an
+        unknown key or a value that is not a number."""
+        names = [f.name for f in fields(cls)]
+        values = {}
+        for key, value in given.items():
+            if key not in names:
+                raise ValueError(f"`{what}` has no option {key!r}; its options: {', '.join(names)}")
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"`{what}` {key} must be a number, got {value!r}")
+            values[key] = float(value)
+        return cls(**values)
 
     @property
     def geometric(self) -> bool:
