@@ -18,9 +18,9 @@ each second order (true meta-gradient, ``_2nd``) and first order (FOMAML, ``_1st
 - ``fast_compiled``: ``fast_1worker`` with its task forward through ``torch.compile``
   (inductor); where a variant cannot run (``torch.compile`` has no double backward), the error
   is recorded instead of its times;
-- ``fast_bf16`` and ``fast_1worker_bf16``: ``fast`` and ``fast_1worker`` under
-  ``torch.autocast`` in bfloat16 (native on CPUs with AVX-512-BF16 or AMX; the flags are
-  recorded; the workers take the caller's autocast); the meta-gradient is *not* the loop's,
+- ``fast_bf16`` and ``fast_1worker_bf16``: ``fast`` and ``fast_1worker`` with
+  ``precision="bfloat16"`` (the task computations under ``torch.autocast``; native on CPUs
+  with AVX-512-BF16 or AMX; the flags are recorded); the meta-gradient is *not* the loop's,
   see ``grad_vs_loop``.
 
 Variants are timed in turns (one meta-iteration of each per round) so that a change in the
@@ -45,7 +45,6 @@ Writes ``benchmarks/results/maml_speed.json``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import resource
@@ -73,11 +72,10 @@ WAYS, SHOTS, QUERIES, META_BATCH = 5, 1, 15, 32
 
 @dataclass(frozen=True)
 class Variant:
-    """MAML options, and how its step is run: the task forward compiled, or under autocast."""
+    """MAML options, and whether its task forward is compiled."""
 
     options: dict[str, Any] = field(default_factory=dict)
     compiled: bool = False
-    autocast: torch.dtype | None = None
 
 
 VARIANTS = {
@@ -86,8 +84,8 @@ VARIANTS = {
     "fast_1worker": Variant({"workers": 1}),
     "fast_grouped": Variant({"workers": 1, "task_chunk": META_BATCH}),
     "fast_compiled": Variant({"workers": 1}, compiled=True),
-    "fast_bf16": Variant(autocast=torch.bfloat16),
-    "fast_1worker_bf16": Variant({"workers": 1}, autocast=torch.bfloat16),
+    "fast_bf16": Variant({"precision": "bfloat16"}),
+    "fast_1worker_bf16": Variant({"workers": 1, "precision": "bfloat16"}),
 }
 
 
@@ -112,15 +110,10 @@ def make_step(variant: str, first_order: bool) -> tuple[MAML, Callable[[], None]
     maml = MAML(model, inner_lr=0.4, inner_steps=1, first_order=first_order, **how.options)
     if how.compiled:
         maml.fast_forward = torch.compile(maml.fast_forward, dynamic=False)
-    precision = (
-        torch.autocast("cpu", dtype=how.autocast) if how.autocast else contextlib.nullcontext()
-    )
 
     def step() -> None:
         maml.zero_grad(set_to_none=True)
-        with precision:
-            loss = maml.meta_loss(batch).loss
-        loss.backward()
+        maml.meta_loss(batch).loss.backward()
 
     return maml, step
 

@@ -140,6 +140,32 @@ def test_worker_threads_keep_the_callers_autocast() -> None:
     )
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_the_precision_option_runs_the_tasks_under_autocast(fast: bool) -> None:
+    """``precision="bfloat16"``: what the caller's bfloat16 autocast gives (evaluation and
+    adapt exactly; the meta-gradient to bfloat16 rounding, as the outer backward pass runs
+    outside autocast), which is not float32's."""
+    batch = episodes("conv", tasks=4).to("cpu", torch.float32)
+    model = tiny("conv").float()
+    option, plain = (MAML(model, 0.3, 1, fast=fast, precision=p) for p in ("bfloat16", "float32"))
+    with torch.autocast("cpu", torch.bfloat16):
+        caller = meta_gradient(plain, batch)[2]
+        caller_eval = plain.evaluate(batch)
+        caller_out = plain.adapt(batch.support_x[0], batch.support_y[0], 3)(batch.query_x[0])
+    own, full = meta_gradient(option, batch)[2], meta_gradient(plain, batch)[2]
+
+    def distance(x: list[torch.Tensor], y: list[torch.Tensor]) -> float:
+        return float(torch.cat([(a - b).flatten() for a, b in zip(x, y, strict=True)]).norm())
+
+    assert distance(own, caller) < 0.02 * distance(full, [g * 0 for g in full])
+    assert distance(own, full) > 10 * distance(own, caller)
+    torch.testing.assert_close(option.evaluate(batch), caller_eval)
+    out = option.adapt(batch.support_x[0], batch.support_y[0], 3)(batch.query_x[0])
+    torch.testing.assert_close(out, caller_out)
+    with pytest.raises(ValueError, match="unknown precision 'int8'"):
+        MAML(model, precision="int8")  # type: ignore[arg-type]
+
+
 def test_float32_omniglot_shapes_agree() -> None:
     """The real layout (Conv-4 with 64 filters on 28x28) in float32: the fast path's
     meta-gradient equals the loop's to float tolerance."""

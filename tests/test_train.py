@@ -308,8 +308,9 @@ def test_options_of_other_algorithms_are_refused(tmp_path):
             "`per_step_lr` is an option of maml, fomaml, anil, metasgd, not of protonet",
         ),
         (
-            {"algorithm": "maml", "precision": "bfloat16"},
-            "`precision` is an option of protonet, finetune, not of maml",
+            {"algorithm": "reptile", "precision": "bfloat16"},
+            "`precision` is an option of maml, fomaml, anil, metasgd, protonet, finetune, not of "
+            "reptile",
         ),
         ({"algorithm": "protonet", "train_split": "trainval"}, "has no such split"),
     ]:

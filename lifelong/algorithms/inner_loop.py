@@ -34,6 +34,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from itertools import pairwise
@@ -45,6 +46,7 @@ from torch import Tensor, nn
 
 from lifelong.algorithms.base import Algorithm, MetaLoss, ModelFactory, Predictor
 from lifelong.algorithms.functional import Forward, ModuleForward, Params, TaskForward
+from lifelong.algorithms.precision import Precision, check_precision
 from lifelong.data.episodes import EpisodeBatch
 
 if TYPE_CHECKING:
@@ -135,6 +137,10 @@ class InnerLoopLearner(Algorithm):
             cache), all of the batch otherwise.
         workers: threads that share out the tasks on the CPU on the fast path (module doc);
             ``None``: ``torch.get_num_threads()``; ``1``: everything in the calling thread.
+        precision: ``"bfloat16"`` or ``"float16"`` run the task computations (inner steps,
+            query losses, evaluation) under ``torch.autocast`` (mixed precision: matrix
+            products and convolutions in that dtype, parameters and their updates float32);
+            ``"float32"``: as the caller runs them.
 
     Subclasses implement :meth:`group_loss`.
     """
@@ -156,8 +162,10 @@ class InnerLoopLearner(Algorithm):
         fast: bool = True,
         task_chunk: int | None = None,
         workers: int | None = None,
+        precision: Precision = "float32",
     ) -> None:
         super().__init__()
+        check_precision(precision)
         if not inner_lr > 0:
             raise ValueError(f"inner_lr must be positive, got {inner_lr}")
         if not isinstance(inner_steps, int) or inner_steps < self.min_inner_steps:
@@ -194,6 +202,7 @@ class InnerLoopLearner(Algorithm):
         self.regression = regression
         self.task_chunk = task_chunk
         self.workers = workers
+        self.precision: Precision = precision
         self.reference = ModuleForward(model)
         self.fast_forward = TaskForward.of(model) if fast else None
 
@@ -224,6 +233,12 @@ class InnerLoopLearner(Algorithm):
     @property
     def test_steps(self) -> int:
         return self.eval_inner_steps
+
+    def precision_scope(self, device: torch.device) -> AbstractContextManager[Any]:
+        """Autocast to :attr:`precision` on ``device`` (float32: the caller's autocast holds)."""
+        if self.precision == "float32":
+            return nullcontext()
+        return torch.autocast(device.type, getattr(torch, self.precision))
 
     # ------------------------------------------------------------------ hooks
     def inner_rate(self, name: str, step: int) -> float | Tensor:
@@ -341,11 +356,14 @@ class InnerLoopLearner(Algorithm):
         fast = self.fast_forward is not None
         if fast:
             support_x, support_y = support_x.unsqueeze(0), support_y.unsqueeze(0)
-        adapted = self.adaptation(support_x, support_y, ways, self.eval_inner_steps, False, True)
+        with self.precision_scope(support_x.device):
+            adapted = self.adaptation(
+                support_x, support_y, ways, self.eval_inner_steps, False, True
+            )
         adapted.trajectory = [{n: p.detach() for n, p in adapted.trajectory[-1].items()}]
 
         def predictor(x: Tensor) -> Tensor:
-            with torch.no_grad():
+            with torch.no_grad(), self.precision_scope(x.device):
                 out = adapted.outputs(x.unsqueeze(0) if fast else x)
             return self.outputs_for(out[0] if fast else out, ways)
 
@@ -359,8 +377,9 @@ class InnerLoopLearner(Algorithm):
     def serial_evaluate(self, batch: EpisodeBatch) -> Tensor:
         results = []
         for task in self.task_groups(batch):
-            adapted = self.adapt_tasks(batch, task, self.eval_inner_steps, False, detach=True)
-            with torch.no_grad():
+            with self.precision_scope(batch.query_x.device):
+                adapted = self.adapt_tasks(batch, task, self.eval_inner_steps, False, detach=True)
+            with torch.no_grad(), self.precision_scope(batch.query_x.device):
                 out = adapted.outputs(batch.query_x[task])
                 results.append(self.task_metrics(out, batch.query_y[task], batch.ways).reshape(-1))
         return torch.cat(results)

@@ -117,7 +117,8 @@ class RunConfig:
     filters; MLP: the hidden widths), ``strided`` (MAML's stride-2 Conv-4), ``pooling``
     (Conv-4: how many blocks, from the first, end in max-pooling; 4), ``distance``,
     ``distance_p`` and ``temperature`` (ProtoNet: logits ``-d / temperature``), ``precision``
-    (ProtoNet: the encoder's autocast dtype, ``float32``, ``bfloat16`` or ``float16``) and
+    (ProtoNet, FineTune, the MAML family: the network's autocast dtype, ``float32``,
+    ``bfloat16`` or ``float16``) and
     ``channels_last`` (ProtoNet: the encoder's memory layout).
 
     Run: ``seed``, ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:INDEX``; under ``torchrun``
@@ -224,7 +225,7 @@ class RunConfig:
         algorithm_option=True,
     )
     precision: str = option(
-        "float32", "Encoder dtype: float32, bfloat16, float16.", choices=PRECISIONS,
+        "float32", "Network autocast dtype: float32, bfloat16, float16.", choices=PRECISIONS,
         algorithm_option=True,
     )  # fmt: skip
     channels_last: bool = option(True, "Encoder memory layout NHWC.", algorithm_option=True)
