@@ -318,6 +318,13 @@ TRAIN = [
 ]  # fmt: skip
 
 
+def stop_signals_at_their_defaults() -> None:
+    """In the child: SIGINT and SIGTERM act as they do from a terminal. A suite started in the
+    background (``&``, nohup) hands SIGINT on ignored, and training rightly keeps it ignored."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_during_training_checkpoints_the_step_and_says_how_to_resume(
     signum, tmp_path, capsys
@@ -325,16 +332,20 @@ def test_a_signal_during_training_checkpoints_the_step_and_says_how_to_resume(
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     training = subprocess.Popen(
-        [*TRAIN, "--out", str(run)], stderr=subprocess.PIPE, text=True, env=env
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and training.poll() is None:
-        metrics = run / "metrics.csv"
-        if metrics.exists() and metrics.read_text().count(",train,") >= 3:
-            break
-        time.sleep(0.05)
-    training.send_signal(signum)
-    _, err = training.communicate(timeout=120)
+        [*TRAIN, "--out", str(run)], stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=stop_signals_at_their_defaults,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and training.poll() is None:
+            metrics = run / "metrics.csv"
+            if metrics.exists() and metrics.read_text().count(",train,") >= 3:
+                break
+            time.sleep(0.05)
+        training.send_signal(signum)
+        _, err = training.communicate(timeout=120)
+    finally:
+        training.kill()  # no training left behind by a failure
     steps = (run / "metrics.csv").read_text().count(",train,")
     assert training.returncode == 128 + signum, err
     assert err.count("\n") == 1 and "Traceback" not in err, err
