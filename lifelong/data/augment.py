@@ -77,7 +77,7 @@ class Augmentation:
         return cls(**{f.name: float(settings[f.name]) for f in fields(cls)})
 
     @classmethod
-    def parse(cls, given: Mapping[str, object], what: str = "augment") -> Augmentation:
+    def parse(cls, given: Mapping[str, object]) -> Augmentation:
         """The augmentation of user options ``given`` (e.g. a run's ``augment``: ``{shift:
         2, rotate: 10}``), the others at their defaults; a one-line ``ValueError`` names an
         unknown key or a value that is not a number."""
@@ -85,9 +85,9 @@ class Augmentation:
         values = {}
         for key, value in given.items():
             if key not in names:
-                raise ValueError(f"`{what}` has no option {key!r}; its options: {', '.join(names)}")
+                raise ValueError(f"`augment` has no option {key!r}; its options: {', '.join(names)}")
             if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"`{what}` {key} must be a number, got {value!r}")
+                raise ValueError(f"`augment` {key} must be a number, got {value!r}")
             values[key] = float(value)
         return cls(**values)
 
