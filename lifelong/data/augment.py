@@ -85,7 +85,8 @@ class Augmentation:
         values = {}
         for key, value in given.items():
             if key not in names:
-                raise ValueError(f"`augment` has no option {key!r}; its options: {', '.join(names)}")
+                known = ", ".join(names)
+                raise ValueError(f"`augment` has no option {key!r}; its options: {known}")
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"`augment` {key} must be a number, got {value!r}")
             values[key] = float(value)
