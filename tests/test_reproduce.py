@@ -69,7 +69,7 @@ FACTS = {  # what the datasets' loaders report, without loading them
 }
 EXPECTED_ROWS = {
     *(f"maml-omniglot-{s}" for s in ("5w1s", "5w5s", "20w1s", "20w5s")),
-    "maml-recipe-omniglot-5w1s", "maml-bf16-omniglot-5w1s",
+    "maml-recipe-omniglot-5w1s", "maml-bf16-omniglot-5w1s", "protonet-recipe-omniglot-5shot",
     "maml-mlp-omniglot-5w1s", "maml-mlp-omniglot-5w5s",
     "protonet-omniglot-1shot", "protonet-omniglot-5shot",
     *(f"{a}-omniglot-{s}" for a in ("fomaml", "anil", "metasgd", "reptile")
