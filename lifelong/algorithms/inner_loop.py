@@ -379,9 +379,10 @@ class InnerLoopLearner(Algorithm):
         for task in self.task_groups(batch):
             with self.precision_scope(batch.query_x.device):
                 adapted = self.adapt_tasks(batch, task, self.eval_inner_steps, False, detach=True)
-            with torch.no_grad(), self.precision_scope(batch.query_x.device):
-                out = adapted.outputs(batch.query_x[task])
-                results.append(self.task_metrics(out, batch.query_y[task], batch.ways).reshape(-1))
+                with torch.no_grad():
+                    out = adapted.outputs(batch.query_x[task])
+                    metric = self.task_metrics(out, batch.query_y[task], batch.ways)
+            results.append(metric.reshape(-1))
         return torch.cat(results)
 
     # ------------------------------------------------------------------ meta-training
