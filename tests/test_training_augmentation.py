@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_train import STROKES  # the tiny strokes run of the training tests
 from typer.testing import CliRunner
 
 from lifelong.cli import app
@@ -16,12 +17,6 @@ from lifelong.pipeline.config import ConfigError, RunConfig
 from lifelong.pipeline.data import load_data
 from lifelong.pipeline.train import train
 
-STROKES = {
-    "dataset": "strokes",
-    "dataset_options": {"classes": {"train": 20, "val": 8, "test": 8}, "per_class": 6},
-    "ways": 4, "shots": 1, "queries": 2, "meta_batch": 2, "hidden": (8,),
-    "val_every": 2, "val_episodes": 3, "checkpoint_every": 2, "device": "cpu",
-}  # fmt: skip
 AUGMENT = Augmentation(shift=2, rotate=10, scale=0.9)
 
 
