@@ -73,6 +73,33 @@ def test_real_vinyals_split(real):
 
 @needs_data
 @pytest.mark.omniglot
+def test_real_vinyals_split_is_snells_files(real):
+    """The shipped lists give exactly the classes of the split files of Snell et al."""
+    _, splits = real
+    folder = DATA / "splits/vinyals"
+    if not folder.is_dir():
+        pytest.skip(f"no split files in {folder}")
+    for split in ("train", "val", "trainval", "test"):
+        listed = (folder / f"{split}.txt").read_text().split()
+        ours = [f"{c.name}/rot{c.rotation:03d}" for c in splits[split].classes]
+        assert sorted(ours) == sorted(listed), split
+
+
+@needs_data
+@pytest.mark.omniglot
+def test_real_random_split_is_seeded(real):
+    cache, vinyals = real
+    first, again, other = (
+        load_omniglot(DATA, class_split="random", seed=s, rotations=False, cache_dir=cache)
+        for s in (0, 0, 1)
+    )
+    assert {k: len(v) for k, v in first.items()} == {k: len(v) // 4 for k, v in vinyals.items()}
+    assert first["test"].classes == again["test"].classes != other["test"].classes
+    assert first["test"].name == "omniglot/random/test"
+
+
+@needs_data
+@pytest.mark.omniglot
 def test_real_ink_is_one(real):
     _, splits = real
     images = splits["test"].images
@@ -100,8 +127,6 @@ def test_real_cached_load_equals_first_load(real, monkeypatch):
         assert torch.equal(again[split].images, ds.images)
         assert torch.equal(again[split].counts, ds.counts)
         assert again[split].classes == ds.classes
-    other_seed = load_omniglot(DATA, seed=1, cache_dir=cache)
-    assert other_seed["test"].classes != first["test"].classes
 
 
 # ---------------------------------------------------------------- a tiny fake Omniglot
@@ -120,8 +145,10 @@ def fake(monkeypatch):
     """Shrink the expected Omniglot content to 3 + 2 characters."""
     monkeypatch.setattr(omniglot, "SETS", FAKE_SETS)
     sizes = {"train": 2, "val": 1, "trainval": 3, "test": 2}
-    monkeypatch.setitem(omniglot.SPLIT_SIZES, "vinyals", sizes)
-    monkeypatch.setitem(omniglot.SPLIT_SIZES, "lake", sizes)
+    for split in ("vinyals", "random", "lake"):
+        monkeypatch.setitem(omniglot.SPLIT_SIZES, split, sizes)
+    lists = {"val": ["Alpha/character02"], "test": ["Beta/character01", "Gamma/character01"]}
+    monkeypatch.setattr(omniglot, "_read_lists", lambda: lists)
 
 
 def drawing(k: int) -> bytes:

@@ -10,11 +10,15 @@ that ink = 1 (``uint8`` 255 on a 0 background), and caches the decoded tensors
 
 Class splits (the keys of the returned dict are ``train``, ``val``, ``trainval``, ``test``):
 
-- ``"vinyals"``: the protocol of Vinyals et al. 2016 ("Matching Networks for One Shot
-  Learning") and Snell et al. 2017 ("Prototypical Networks"): the 1623 characters of both sets
-  are split into 1200 training (1028 train + 172 val) and 423 test characters, and each
-  rotation by 0/90/180/270 degrees is a class of its own (1200 x 4 = 4800 training classes).
-  The split is a seeded random partition of those sizes, not the list files of Snell et al.
+- ``"vinyals"``: the split of Vinyals et al. 2016 ("Matching Networks for One Shot Learning")
+  as published in the list files of Snell et al. 2017 ("Prototypical Networks"), shipped in
+  ``lifelong/data/splits/omniglot-vinyals.json`` (MIT, (c) 2017 Jake Snell): 1200 training
+  characters of both sets (1028 train + 172 val) and 423 test characters of 13 evaluation-set
+  alphabets; each rotation by 0/90/180/270 degrees is a class of its own (1200 x 4 = 4800
+  training classes).
+- ``"random"``: a seeded random partition of the 1623 characters into the same sizes, as the
+  code of Finn et al. 2017 (MAML) draws its own split of all the characters; the test
+  characters are then of all 50 alphabets (an easier test than ``"vinyals"``).
 - ``"lake"``: the background/evaluation split of Lake et al. 2015: the background set is
   ``trainval`` (964 characters, with a seeded carve-out of 100 validation characters), the
   evaluation set (659 characters) is ``test``. Rotations are added the same way when
@@ -30,10 +34,12 @@ Example:
 
 from __future__ import annotations
 
+import json
 import zipfile
 from collections import defaultdict
 from contextlib import ExitStack
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path, PurePosixPath
 
 import torch
@@ -66,9 +72,13 @@ SETS = (
     OmniglotSet("images_evaluation", "6b91aef0f799c5bb55b94e3f2daec811", 20, 659),
 )
 
+#: The Vinyals split's val and test characters, in the package (see the module docstring).
+VINYALS_LISTS = "splits/omniglot-vinyals.json"
+
 #: Number of characters in each split, before rotations.
 SPLIT_SIZES = {
     "vinyals": {"train": 1028, "val": 172, "trainval": 1200, "test": 423},
+    "random": {"train": 1028, "val": 172, "trainval": 1200, "test": 423},
     "lake": {"train": 864, "val": 100, "trainval": 964, "test": 659},
 }
 
@@ -185,11 +195,14 @@ def _split(
     """The source dataset and character indices of each split."""
     background, evaluation = base["background"], base["evaluation"]
     sizes = SPLIT_SIZES[class_split]
-    if class_split == "vinyals":
+    if class_split in ("vinyals", "random"):
         source = _concat(background, evaluation, "omniglot")
-        train, val, test = split_indices(
-            len(source), [sizes["train"], sizes["val"], sizes["test"]], seed
-        )
+        if class_split == "vinyals":
+            train, val, test = _listed_split(source, sizes)
+        else:
+            train, val, test = split_indices(
+                len(source), [sizes["train"], sizes["val"], sizes["test"]], seed
+            )
         parts = {"train": train, "val": val, "trainval": sorted(train + val), "test": test}
         return {k: (source, v) for k, v in parts.items()}
     train, val = split_indices(len(background), [sizes["train"], sizes["val"]], seed)
@@ -199,6 +212,33 @@ def _split(
         "trainval": (background, list(range(len(background)))),
         "test": (evaluation, list(range(len(evaluation)))),
     }
+
+
+def _read_lists() -> dict[str, list[str]]:
+    return json.loads(files("lifelong.data").joinpath(VINYALS_LISTS).read_text())
+
+
+def _listed_split(
+    source: ClassDataset, sizes: dict[str, int]
+) -> tuple[list[int], list[int], list[int]]:
+    """Train, val and test character indices of ``source`` by the shipped Vinyals lists
+    (train: every character in neither list), checked against the expected sizes."""
+    lists = _read_lists()
+    index = {c.name: i for i, c in enumerate(source.classes)}
+    parts = {}
+    for split in ("val", "test"):
+        unknown = [name for name in lists[split] if name not in index]
+        if unknown or len(set(lists[split])) != sizes[split]:
+            raise ValueError(
+                f"{VINYALS_LISTS} {split}: expected {sizes[split]} Omniglot characters, "
+                f"got {len(set(lists[split]))}, unknown: {unknown[:3]}"
+            )
+        parts[split] = sorted(index[name] for name in lists[split])
+    listed = set(parts["val"]) | set(parts["test"])
+    train = [i for i in range(len(source)) if i not in listed]
+    if len(train) != sizes["train"]:
+        raise ValueError(f"{VINYALS_LISTS}: the val and test lists overlap")
+    return train, parts["val"], parts["test"]
 
 
 def load_omniglot(
@@ -216,11 +256,12 @@ def load_omniglot(
         root: a folder holding ``images_background.zip`` and ``images_evaluation.zip`` (or the
             extracted ``images_background/`` and ``images_evaluation/`` folders); default:
             the cache's ``downloads/omniglot``. Nothing is ever written there except downloads.
-        class_split: ``"vinyals"`` (1028/172/423 characters of both sets) or ``"lake"``
-            (background 864/100 vs. evaluation 659); see the module docstring.
+        class_split: ``"vinyals"`` (the published 1028/172/423 characters), ``"random"``
+            (a seeded partition of those sizes) or ``"lake"`` (background 864/100 vs.
+            evaluation 659); see the module docstring.
         rotations: add each character rotated by 90, 180 and 270 degrees as new classes.
         image_size: side of the square images (LANCZOS resampling from 105x105).
-        seed: seed of the random class split.
+        seed: seed of the ``"random"`` split and of ``"lake"``'s validation carve-out.
         download: fetch the official archives into ``root`` when they are missing.
         cache_dir: where decoded tensors are cached (default
             :func:`lifelong.data.cache.cache_dir`).

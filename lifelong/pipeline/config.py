@@ -76,7 +76,8 @@ class RunConfig:
         dataset: a name of :data:`lifelong.data.registry.DATASETS` (``strokes``, ``omniglot``,
             ``sinusoid``...).
         data_root: where the dataset lives (or is downloaded to); ``None``: the cache folder.
-        class_split: Omniglot's class split, ``vinyals`` (Vinyals et al. 2016) or ``lake``.
+        class_split: Omniglot's class split, ``vinyals`` (Vinyals et al. 2016, the published
+            lists), ``random`` (a seeded partition of the same sizes) or ``lake``.
         rotations: add the 90/180/270 degree rotations of each class as new classes.
         image_size: image height = width in pixels.
         dataset_options: any further keyword arguments of the dataset's loader, e.g.
@@ -136,7 +137,7 @@ class RunConfig:
         "strokes", "strokes, omniglot, miniimagenet, cifar-fs, fc100, folder, sinusoid.", "-d"
     )
     data_root: str | None = option(None, "Dataset folder (default: the cache folder).")
-    class_split: str | None = option(None, "Omniglot class split: vinyals or lake.")
+    class_split: str | None = option(None, "Omniglot class split: vinyals, random or lake.")
     rotations: bool | None = option(None, "Rotations of each class as extra classes.")
     image_size: int | None = option(None, "Image height = width in pixels.", bound="positive")
     dataset_options: dict[str, Any] | None = option(
