@@ -51,8 +51,13 @@ def episodes(kind: str = "conv", tasks: int = 4, shots: int = 2, queries: int = 
 
 def meta_gradient(maml: MAML, batch: EpisodeBatch) -> tuple[float, float, list[torch.Tensor]]:
     out = maml.meta_loss(batch)
-    grads = torch.autograd.grad(out.loss, list(maml.parameters()))
-    return out.loss.item(), out.metric.item(), list(grads)
+    params = list(maml.parameters())
+    grads = torch.autograd.grad(out.loss, params, allow_unused=True)  # FOMAML: step 0's BNWB
+    return (
+        out.loss.item(),
+        out.metric.item(),
+        [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)],
+    )
 
 
 def directional_difference(maml: MAML, batch: EpisodeBatch, direction: list, eps: float) -> float:
@@ -96,6 +101,8 @@ VARIANT_OPTIONS = [
     {"meta_sgd": True},
     {"per_step_lr": True, "multi_step_loss": True},
     {"meta_sgd": True, "per_step_lr": True, "first_order": True},
+    {"per_step_bn": True, "per_step_lr": True, "multi_step_loss": True},
+    {"per_step_bn": True, "first_order": True},
 ]
 
 
@@ -106,7 +113,10 @@ def test_fast_path_equals_reference_loop(options: dict, kind: str) -> None:
     reference = MAML(tiny(kind), inner_lr=0.3, inner_steps=3, fast=False, **options)
     g = torch.Generator().manual_seed(2)
     with torch.no_grad():  # distinct learned rates and step weights, to catch mix-ups
-        for rates in (reference.inner_lrs or {}).values():
+        for rates in [
+            *(reference.inner_lrs or {}).values(),
+            *(reference.step_norms or {}).values(),
+        ]:
             rates.mul_(torch.rand(rates.shape, generator=g, dtype=rates.dtype) + 0.5)
         reference.step_weights.copy_(torch.tensor([0.2, 0.3, 0.5]))
     loss, metric, grads = meta_gradient(reference, batch)
@@ -311,6 +321,40 @@ def test_meta_sgd_rates_are_learned() -> None:
     assert all(r.shape == (3,) for r in scalar.inner_lrs.values())
 
 
+@pytest.mark.parametrize("fast", [False, True])
+def test_per_step_batch_norm_weights_are_meta_learned_not_adapted(fast: bool) -> None:
+    """MAML++ BNWB: after step k the batch norms use row k-1 of their own weights (learned by
+    the outer loop; the inner loop leaves them alone); step 0 uses the model's."""
+    model = tiny("conv")
+    maml = MAML(model, inner_lr=0.3, inner_steps=2, eval_inner_steps=4, per_step_bn=True, fast=fast)
+    norms = {
+        f"{name}.{p}"
+        for name, module in model.named_modules()
+        if isinstance(module, nn.BatchNorm2d)
+        for p in ("weight", "bias")
+    }
+    assert norms and not norms & set(maml.adapted)
+    assert {n.replace(":", ".") for n in maml.step_norms} == norms
+    assert all(rows.shape[0] == 2 for rows in maml.step_norms.values())
+    batch = episodes("conv", tasks=2)
+    maml.meta_loss(batch).loss.backward()
+    for rows in maml.step_norms.values():
+        assert rows.grad is not None and torch.all(rows.grad.abs().sum(-1) > 0)  # both steps
+    sx, sy = batch.support_x, batch.support_y
+    if not fast:
+        sx, sy = sx[0], sy[0]
+    trajectory = maml.adaptation(sx, sy, WAYS, 4, create_graph=False, detach=True).trajectory
+    for step, params in enumerate(trajectory):
+        for name in norms:
+            want = (
+                dict(model.named_parameters())[name]
+                if step == 0
+                else maml.step_norms[name.replace(".", ":")][min(step, 2) - 1]
+            )
+            got = params[name].reshape(-1, *want.shape)[0]
+            assert torch.equal(got, want.detach()), (step, name)
+
+
 def test_variants_are_registered_classes() -> None:
     assert {algorithm_class(n) for n in ("maml", "fomaml", "anil", "metasgd")} == {
         MAML,
@@ -364,8 +408,12 @@ def test_invalid_settings_are_named() -> None:
         MAML(tracked)
     with pytest.raises(ValueError, match="inner_steps must be an integer >= 0 for MAML, got -1"):
         MAML(tiny("mlp"), inner_steps=-1)
-    with pytest.raises(ValueError, match="per_step_lr and multi_step_loss need inner steps"):
+    with pytest.raises(ValueError, match="multi_step_loss and per_step_bn need inner steps"):
         MAML(tiny("mlp"), inner_steps=0, multi_step_loss=True)
+    with pytest.raises(ValueError, match=r"\(adapt='head'\) computes the body's features once"):
+        MAML(tiny("mlp"), adapt="head", per_step_bn=True)
+    with pytest.raises(ValueError, match="per_step_bn needs a model with affine batch norm"):
+        MAML(MLP(1, (4,), 1), per_step_bn=True)
     with pytest.raises(ValueError, match="inner_steps must be an integer >= 1 for Reptile, got 0"):
         Reptile(tiny("mlp"), inner_steps=0)  # no step: theta' = theta, no update
     with pytest.raises(ValueError, match="adapt must be 'all' or 'head', got 'body'"):

@@ -67,6 +67,7 @@ def inner_loop(
     steps: int,
     lr: LearningRate,
     create_graph: bool,
+    at_step: Callable[[Params, int], Params] = lambda params, step: params,
 ) -> list[Params]:
     """``steps`` gradient steps on the parameters ``names`` (the others stay fixed).
 
@@ -81,6 +82,8 @@ def inner_loop(
         lr: the learning rate of each parameter and step (a float, or a learned tensor).
         create_graph: keep the graph of the gradients (second-order meta-gradients); without it
             the steps' gradients are constants (first order).
+        at_step: ``at_step(theta_k, k)`` -> ``theta_k`` with the parameters that belong to step
+            ``k`` put in (MAML++'s per-step batch norm); applied after each step.
 
     Returns:
         ``[theta_0, theta_1, ..., theta_steps]``.
@@ -97,7 +100,7 @@ def inner_loop(
         value = loss(forward(params, x), y).sum()
         grads = torch.autograd.grad(value, [params[n] for n in names], create_graph=create_graph)
         updated = {n: params[n] - lr(n, step) * g for n, g in zip(names, grads, strict=True)}
-        params = {**params, **updated}
+        params = at_step({**params, **updated}, step + 1)
         trajectory.append(params)
     return trajectory
 
@@ -328,8 +331,23 @@ class InnerLoopLearner(Algorithm):
                 steps,
                 self.inner_rate,
                 create_graph,
+                partial(
+                    self._at_step,
+                    tasks=support_x.shape[0] if fast is not None else None,
+                    detach=detach,
+                ),
             )
         return Adaptation(trajectory, predict, features)
+
+    def _at_step(self, params: Params, step: int, tasks: int | None, detach: bool) -> Params:
+        """``params`` with :meth:`step_parameters` of ``step`` put in (expanded to ``tasks``
+        on the fast path; detached for evaluation)."""
+        extra = self.step_parameters(step)
+        if detach:
+            extra = {n: p.detach() for n, p in extra.items()}
+        if tasks is not None:
+            extra = {n: p.expand(tasks, *p.shape) for n, p in extra.items()}
+        return {**params, **extra}
 
     def adapt_tasks(
         self, batch: EpisodeBatch, task: int | slice, steps: int, create_graph: bool, detach: bool

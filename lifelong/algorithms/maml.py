@@ -17,9 +17,12 @@
   ``step_weight_annealing`` iterations, moved to the last step, :func:`step_weights`);
   ``first_order_steps``, first-order meta-gradients for the first iterations, then second
   order (derivative-order annealing, DA). The schedules follow the iteration the Trainer
-  gives :meth:`MAML.at_iteration`. (Per-step batch-norm weights and running statistics,
-  BNWB/BNRS, are not implemented: batch norm here normalises each task with its own
-  statistics, as in MAML.)
+  gives :meth:`MAML.at_iteration`. ``per_step_bn``: batch-norm weights and biases of their own
+  after each inner step (BNWB), meta-learned and not adapted by the inner loop; step 0 keeps
+  the model's. Per-step running statistics (BNRS) change no output here: batch norm
+  normalises each task with its own batch statistics, as MAML++'s code does in every pass
+  (``F.batch_norm(..., training=True)``; so does learn2learn's ``MetaBatchNorm``), where the
+  per-step running statistics it keeps are never read.
 
 Batch norm uses per-task batch statistics (models built with ``track_running_stats=False``),
 as in the MAML paper; this is transductive: a query's prediction depends on the other queries
@@ -81,6 +84,8 @@ class MAML(InnerLoopLearner):
         step_weight_annealing: iterations over which :func:`step_weights` moves the
             multi-step loss to the last step (0: uniform weights throughout).
         first_order_steps: iterations of first-order meta-gradients before second order.
+        per_step_bn: batch-norm weights and biases per inner step (MAML++ BNWB, module doc);
+            the steps at test past the trained ones keep the last step's.
         regression: MSE instead of cross-entropy.
         fast: see :class:`~lifelong.algorithms.inner_loop.InnerLoopLearner` (``False``: the
             reference loop over tasks).
@@ -109,7 +114,8 @@ class MAML(InnerLoopLearner):
         "sinusoid": {"meta_batch": 25, "inner_lr": 0.01},
     }
     own_options = (
-        "per_step_lr", "multi_step_loss", "step_weight_annealing", "first_order_steps", "precision",
+        "per_step_lr", "multi_step_loss", "step_weight_annealing", "first_order_steps",
+        "per_step_bn", "precision",
     )  # fmt: skip
 
     @classmethod
@@ -120,6 +126,7 @@ class MAML(InnerLoopLearner):
             "multi_step_loss": cfg.multi_step_loss,
             "step_weight_annealing": cfg.step_weight_annealing,
             "first_order_steps": cfg.first_order_steps,
+            "per_step_bn": cfg.per_step_bn,
             "precision": cfg.precision,
         }
 
@@ -136,16 +143,22 @@ class MAML(InnerLoopLearner):
         multi_step_loss: bool = False,
         step_weight_annealing: int = 0,
         first_order_steps: int = 0,
+        per_step_bn: bool = False,
         regression: bool = False,
         fast: bool = True,
         task_chunk: int | None = None,
         workers: int | None = None,
         precision: Precision = "float32",
     ) -> None:
-        if inner_steps == 0 and (per_step_lr or multi_step_loss):
+        if inner_steps == 0 and (per_step_lr or multi_step_loss or per_step_bn):
             raise ValueError(
-                "per_step_lr and multi_step_loss need inner steps while meta-training; "
-                "inner_steps is 0"
+                "per_step_lr, multi_step_loss and per_step_bn need inner steps while "
+                "meta-training; inner_steps is 0"
+            )
+        if per_step_bn and adapt == "head":
+            raise ValueError(
+                "per_step_bn makes the body depend on the inner step, but ANIL (adapt='head') "
+                "computes the body's features once: use one or the other"
             )
         if step_weight_annealing and not multi_step_loss:
             raise ValueError("step_weight_annealing anneals the multi_step_loss: turn it on")
@@ -167,9 +180,23 @@ class MAML(InnerLoopLearner):
         self.step_weight_annealing = step_weight_annealing
         self.first_order_steps = first_order_steps
         self.iteration = 0
+        params = dict(model.named_parameters())
+        self.step_norms: nn.ParameterDict | None = None
+        if per_step_bn:
+            norms = [n for n in params if n.rsplit(".", 1)[0] in _batch_norms(model)]
+            if not norms:
+                raise ValueError("per_step_bn needs a model with affine batch norm layers")
+            self.adapted = tuple(n for n in self.adapted if n not in norms)
+            self.step_norms = nn.ParameterDict(
+                {
+                    _key(n): nn.Parameter(
+                        params[n].detach().expand(inner_steps, *params[n].shape).clone()
+                    )
+                    for n in norms
+                }
+            )
         self.inner_lrs: nn.ParameterDict | None = None
         if meta_sgd or per_step_lr:
-            params = dict(model.named_parameters())
             rows = inner_steps if per_step_lr else 1
             self.inner_lrs = nn.ParameterDict(
                 {
@@ -200,6 +227,12 @@ class MAML(InnerLoopLearner):
             return self.inner_lr
         rates = self.inner_lrs[_key(name)]
         return rates[min(step, rates.shape[0] - 1)]
+
+    def step_parameters(self, step: int) -> dict[str, Tensor]:
+        if self.step_norms is None:
+            return {}
+        row = min(step, self.inner_steps) - 1
+        return {name.replace(":", "."): rows[row] for name, rows in self.step_norms.items()}
 
     def group_loss(self, batch: EpisodeBatch, task: int | slice) -> tuple[Tensor, Tensor]:
         """Query loss at the adapted parameters (with ``multi_step_loss``: weighted over the
@@ -258,6 +291,15 @@ def step_weights(steps: int, iteration: int, annealing: int) -> Tensor:
     weights = torch.full((steps,), early)
     weights[-1] = 1.0 - (steps - 1) * early
     return weights
+
+
+def _batch_norms(model: nn.Module) -> set[str]:
+    """Names of the affine batch-norm layers of ``model``."""
+    return {
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine
+    }
 
 
 def _key(name: str) -> str:

@@ -111,8 +111,9 @@ class RunConfig:
     while meta-training and ``eval_inner_steps`` at test time; MAML++ (Antoniou et al. 2019):
     ``per_step_lr`` (a learned inner learning rate per step and parameter tensor),
     ``multi_step_loss`` (the query loss after every inner step, weighted; its weights move to
-    the last step over ``step_weight_annealing`` iterations) and ``first_order_steps``
-    (derivative-order annealing: first-order meta-gradients for that many iterations).
+    the last step over ``step_weight_annealing`` iterations), ``first_order_steps``
+    (derivative-order annealing: first-order meta-gradients for that many iterations) and
+    ``per_step_bn`` (batch-norm weights and biases of their own after each inner step).
 
     Model: ``backbone`` (``conv4``, ``resnet12``, ``mlp``), ``hidden`` (Conv-4: one number of
     filters; MLP: the hidden widths), ``strided`` (MAML's stride-2 Conv-4), ``pooling``
@@ -203,6 +204,9 @@ class RunConfig:
         "MAML++: first iterations with first-order meta-gradients, then second order.",
         bound="non-negative",
         algorithm_option=True,
+    )
+    per_step_bn: bool = option(
+        False, "MAML++: batch-norm weights per inner step.", algorithm_option=True
     )
     backbone: str = option("conv4", "conv4, resnet12 or mlp.", choices=BACKBONES)
     hidden: tuple[int, ...] | None = option(
