@@ -248,6 +248,11 @@ class InnerLoopLearner(Algorithm):
         """The inner learning rate of parameter ``name`` at ``step`` (learned in Meta-SGD)."""
         return self.inner_lr
 
+    def step_parameters(self, step: int) -> Params:
+        """Parameters that replace the model's own after ``step`` >= 1 inner steps (MAML++'s
+        per-step batch-norm weights); none by default."""
+        return {}
+
     # ------------------------------------------------------------------ losses and metrics
     def outputs_for(self, outputs: Tensor, ways: int) -> Tensor:
         """Regression outputs as they are; logits of the first ``ways`` classes."""
