@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_strokes import tiny_strokes_run
 from typer.testing import CliRunner
 
 import lifelong.pipeline.trained
@@ -18,12 +19,7 @@ from lifelong.pipeline.data import load_data
 from lifelong.pipeline.train import train
 from lifelong.unlabeled.cactus import CACTUs, embed_pool, kmeans, partition
 
-STROKES = {
-    "dataset": "strokes",
-    "dataset_options": {"classes": {"train": 20, "val": 8, "test": 8}, "per_class": 6},
-    "ways": 3, "shots": 1, "queries": 2, "meta_batch": 2, "hidden": (8,),
-    "val_every": 2, "val_episodes": 3, "checkpoint_every": 2, "device": "cpu",
-}  # fmt: skip
+STROKES = tiny_strokes_run()
 
 
 @pytest.fixture(autouse=True)

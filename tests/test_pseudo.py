@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_strokes import tiny_strokes_run
 from torch import nn
 from typer.testing import CliRunner
 
@@ -17,13 +18,10 @@ from lifelong.pipeline.train import train
 from lifelong.unlabeled.pseudo import PseudoSupervised, share_out, sinkhorn
 from lifelong.unlabeled.umtra import UMTRA
 
-STROKES = {
-    "dataset": "strokes",
-    "dataset_options": {"classes": {"train": 20, "val": 8, "test": 8}, "per_class": 6},
-    "ways": 4, "shots": 2, "queries": 2, "meta_batch": 2, "hidden": (8,),
-    "val_every": 3, "val_episodes": 3, "checkpoint_every": 3, "device": "cpu",
-    "labels": "none", "task_construction": "pseudo", "task_options": {"queue": 12},
-}  # fmt: skip
+STROKES = tiny_strokes_run(
+    ways=4, shots=2, val_every=3, checkpoint_every=3, labels="none",
+    task_construction="pseudo", task_options={"queue": 12},
+)  # fmt: skip
 SAME = {"shift": 0, "dropout": 0}  # views are the images themselves
 
 

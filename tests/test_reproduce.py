@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from tiny_strokes import STROKES_DATA
 
 import lifelong
 import lifelong.reproduce as reproduce_module
@@ -39,14 +40,13 @@ from lifelong.reproduce import (
     verdict,
 )
 
-STROKES = {"classes": {"train": 20, "val": 8, "test": 8}, "per_class": 6}
 TINY_ROW: dict[str, Any] = {
     "row": "tiny-strokes",
     "title": "ProtoNet, strokes 3-way 1-shot",
     "source": "a test row",
     "budget_minutes": 1,
     "train": {
-        "algorithm": "protonet", "dataset": "strokes", "dataset_options": STROKES, "ways": 3,
+        "algorithm": "protonet", "dataset": "strokes", "dataset_options": STROKES_DATA, "ways": 3,
         "shots": 1, "queries": 2, "meta_batch": 2, "hidden": [8], "iterations": 4,
         "val_every": 2, "val_episodes": 4, "checkpoint_every": 2,
     },

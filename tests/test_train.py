@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_strokes import tiny_strokes_run
 from torch import nn
 
 from lifelong.algorithms.base import Algorithm, MetaLoss
@@ -193,12 +194,7 @@ def test_resume_refuses_changed_settings():
 
 
 # ----------------------------------------------------------------- real algorithms, end to end
-STROKES = {
-    "dataset": "strokes",
-    "dataset_options": {"classes": {"train": 20, "val": 8, "test": 8}, "per_class": 6},
-    "ways": 3, "shots": 1, "queries": 2, "meta_batch": 2, "hidden": (8,), "strided": True,
-    "val_every": 2, "val_episodes": 3, "checkpoint_every": 2, "device": "cpu",
-}  # fmt: skip
+STROKES = tiny_strokes_run(strided=True)
 SINUSOID = {
     "dataset": "sinusoid", "backbone": "mlp", "hidden": (16, 16), "shots": 5, "queries": 5,
     "meta_batch": 3, "val_every": 2, "val_episodes": 3, "checkpoint_every": 2, "device": "cpu",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_train import STROKES  # the tiny strokes run of the training tests
+from tiny_strokes import tiny_strokes_run
 from typer.testing import CliRunner
 
 from lifelong.cli import app
@@ -16,6 +16,8 @@ from lifelong.pipeline.checkpoint import load_checkpoint
 from lifelong.pipeline.config import ConfigError, RunConfig
 from lifelong.pipeline.data import load_data
 from lifelong.pipeline.train import train
+
+STROKES = tiny_strokes_run(strided=True)
 
 AUGMENT = Augmentation(shift=2, rotate=10, scale=0.9)
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_strokes import tiny_strokes_run
 from typer.testing import CliRunner
 
 from lifelong.cli import app
@@ -22,13 +23,7 @@ from lifelong.pipeline.data import load_data
 from lifelong.pipeline.train import train
 from lifelong.unlabeled.umtra import UMTRA
 
-STROKES = {
-    "dataset": "strokes",
-    "dataset_options": {"classes": {"train": 20, "val": 8, "test": 8}, "per_class": 6},
-    "ways": 4, "shots": 1, "queries": 2, "meta_batch": 2, "hidden": (8,),
-    "val_every": 2, "val_episodes": 3, "checkpoint_every": 2, "device": "cpu",
-    "labels": "none", "task_construction": "umtra",
-}  # fmt: skip
+STROKES = tiny_strokes_run(ways=4, labels="none", task_construction="umtra")
 
 
 def pool(n: int = 30, size: int = 12, seed: int = 0) -> torch.Tensor:
