@@ -139,3 +139,20 @@ def test_pooling_is_refused_where_it_cannot_apply(options):
         ConfigError, match=r"`pooling` .*0 to 4 pooled blocks of the conv4 backbone"
     ):
         build_algorithm(RunConfig(**options), OMNIGLOT)
+
+
+@pytest.mark.parametrize(
+    ("version", "saved", "read"),
+    [
+        ("0.1.0", "vinyals", "random"),  # the seeded partition, called vinyals then
+        ("0.1.0", None, "random"),  # the default was that partition too
+        ("0.1.0", "lake", "lake"),
+        ("0.2.0", "vinyals", "vinyals"),
+        ("0.0.0+unknown", "vinyals", "random"),
+    ],
+)
+def test_checkpoints_keep_the_class_split_they_were_trained_on(version, saved, read):
+    state = {"version": version, "config": {"dataset": "omniglot", "class_split": saved}}
+    assert RunConfig.of_checkpoint(state).class_split == read
+    strokes = {"version": "0.1.0", "config": {"dataset": "strokes"}}
+    assert RunConfig.of_checkpoint(strokes).class_split is None

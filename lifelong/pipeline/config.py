@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from packaging.version import Version
 
 from lifelong.algorithms.precision import PRECISIONS
 from lifelong.files import atomic_write
@@ -335,6 +336,21 @@ class RunConfig:
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ConfigError(f"{source}: unknown option {key!r}{hint}")
         return cls()._with_sources(values, source)
+
+    @classmethod
+    def of_checkpoint(cls, state: dict[str, Any], source: str = "checkpoint") -> RunConfig:
+        """The config saved in a training checkpoint's ``state``, read with the meaning it had
+        in the version that saved it: before 0.2.0, Omniglot's ``class_split`` ``vinyals`` (and
+        the unset default) was a seeded partition of the Vinyals sizes, now ``random``."""
+        values = state["config"]
+        if (
+            Version(str(state.get("version", "0"))) < Version("0.2.0")
+            and isinstance(values, dict)
+            and values.get("dataset") == "omniglot"
+            and values.get("class_split") in (None, "vinyals")
+        ):
+            values = {**values, "class_split": "random"}
+        return cls.from_dict(values, source)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> RunConfig:

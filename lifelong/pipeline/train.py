@@ -639,7 +639,7 @@ def _saved_state(run_dir: Path, config: RunConfig, resume: bool) -> dict[str, An
         if not has_checkpoint(run_dir, "last"):
             raise ConfigError(f"nothing to resume: {str(run_dir)!r} has no checkpoint")
         state = load_checkpoint(run_dir, "last")
-        check_resumable(RunConfig.from_dict(state["config"]), config)
+        check_resumable(RunConfig.of_checkpoint(state), config)
         return state
     if has_checkpoint(run_dir, "last"):
         raise ConfigError(

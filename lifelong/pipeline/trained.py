@@ -73,7 +73,7 @@ def load_trained(
         raise CheckpointError(f"{str(run_dir)!r} is not a lifelong run folder (no {tag}.json)")
     state = load_checkpoint(run_dir, tag)
     try:
-        config = RunConfig.from_dict(state["config"], source=f"run {str(run_dir)!r}")
+        config = RunConfig.of_checkpoint(state, source=f"run {str(run_dir)!r}")
         facts = DataFacts.from_dict(state["facts"])
         step = int(state["step"])
         weights = state["algorithm"]
