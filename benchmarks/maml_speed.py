@@ -1,9 +1,10 @@
 """MAML speed: seconds per meta-iteration, fast path vs the plain per-task loop.
 
-The setting of Finn et al. 2017 on Omniglot: 5-way 1-shot, 15 queries per class, meta-batch
-32, Conv-4 with 64 filters on 28x28x1 images, one inner step (lr 0.4); a meta-iteration is
-``meta_loss`` + ``backward`` (no optimiser step), on a fixed batch of random images. Variants,
-each second order (true meta-gradient, ``_2nd``) and first order (FOMAML, ``_1st``):
+The setting of Finn et al. 2017 on Omniglot: 5-way 1-shot, 15 queries per class (``--queries``;
+the paper's code trains with 1), meta-batch 32, Conv-4 with 64 filters on 28x28x1 images, one
+inner step (lr 0.4); a meta-iteration is ``meta_loss`` + ``backward`` (no optimiser step), on
+a fixed batch of random images. Variants, each second order (true meta-gradient, ``_2nd``) and
+first order (FOMAML, ``_1st``):
 
 - ``loop``: ``MAML(model, fast=False)``: the reference, one task after the other through
   ``functional_call`` on the model, the graph of all tasks kept for ``backward``, intra-op
@@ -67,7 +68,7 @@ from lifelong.pipeline.allocator import keep_freed_memory
 from lifelong.reproduce import machine
 
 HERE = Path(__file__).resolve().parent
-WAYS, SHOTS, QUERIES, META_BATCH = 5, 1, 15, 32
+WAYS, SHOTS, META_BATCH = 5, 1, 32
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ VARIANTS = {
 }
 
 
-def setting() -> tuple[Conv4, EpisodeBatch]:
+def setting(queries: int) -> tuple[Conv4, EpisodeBatch]:
     """The model and a fixed batch of random episodes (float images in [0, 1])."""
     g = torch.Generator().manual_seed(0)
 
@@ -99,13 +100,13 @@ def setting() -> tuple[Conv4, EpisodeBatch]:
         labels = torch.arange(WAYS).repeat_interleave(per_class).expand(META_BATCH, -1)
         return images, labels.contiguous()
 
-    batch = EpisodeBatch(*part(SHOTS), *part(QUERIES), WAYS, SHOTS).to("cpu")
+    batch = EpisodeBatch(*part(SHOTS), *part(queries), WAYS, SHOTS).to("cpu")
     torch.manual_seed(0)
     return Conv4(1, 28, out_features=WAYS, hidden=64, track_running_stats=False), batch
 
 
-def make_step(variant: str, first_order: bool) -> tuple[MAML, Callable[[], None]]:
-    model, batch = setting()
+def make_step(variant: str, first_order: bool, queries: int) -> tuple[MAML, Callable[[], None]]:
+    model, batch = setting(queries)
     how = VARIANTS[variant]
     maml = MAML(model, inner_lr=0.4, inner_steps=1, first_order=first_order, **how.options)
     if how.compiled:
@@ -124,18 +125,18 @@ def split(name: str) -> tuple[str, bool]:
     return variant, order == "1st"
 
 
-def grad_vs_loop(names: list[str]) -> dict[str, float | None]:
+def grad_vs_loop(names: list[str], queries: int) -> dict[str, float | None]:
     """max |grad - grad_loop| / ||grad_loop|| of one meta-iteration of each variant."""
     out: dict[str, float | None] = {}
     reference: dict[bool, Tensor] = {}
     for name in names:
         variant, first_order = split(name)
         if first_order not in reference:
-            maml, step = make_step("loop", first_order)
+            maml, step = make_step("loop", first_order, queries)
             step()
             reference[first_order] = torch.cat([p.grad.flatten() for p in maml.parameters()])
         try:
-            maml, step = make_step(variant, first_order)
+            maml, step = make_step(variant, first_order, queries)
             step()
         except Exception:  # recorded by timings()
             out[name] = None
@@ -146,13 +147,13 @@ def grad_vs_loop(names: list[str]) -> dict[str, float | None]:
     return out
 
 
-def timings(names: list[str], rounds: int, warmup: int) -> dict:
+def timings(names: list[str], rounds: int, warmup: int, queries: int) -> dict:
     """Wall and CPU seconds per meta-iteration of each variant, timed in turns (the first
     call of each, e.g. a compilation, is timed apart as ``first_s``)."""
     steps, results = {}, {}
     for n in names:
         try:
-            steps[n] = make_step(*split(n))[1]
+            steps[n] = make_step(*split(n), queries)[1]
             start = time.perf_counter()
             steps[n]()
             results[n] = {"first_s": round(time.perf_counter() - start, 3)}
@@ -189,9 +190,9 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def peak_memory(name: str) -> None:
+def peak_memory(name: str, queries: int) -> None:
     """Child process: print the growth of the peak RSS over the set-up, in MiB."""
-    _, step = make_step(*split(name))
+    _, step = make_step(*split(name), queries)
     before = peak_rss_mib()
     step()
     print(json.dumps({"peak_growth_mib": round(peak_rss_mib() - before, 1)}))
@@ -203,6 +204,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations first")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--allocator", choices=("default", "keep"), default="default")
+    parser.add_argument("--queries", type=int, default=15, help="query images per class")
     parser.add_argument(
         "--variants", nargs="+", choices=list(VARIANTS), default=["loop", "fast", "fast_1worker"]
     )
@@ -213,19 +215,19 @@ def main() -> None:
         raise SystemExit(f"--allocator {args.allocator} needs glibc (Linux)")
     torch.set_num_threads(args.threads)
     if args.memory_of:
-        peak_memory(args.memory_of)
+        peak_memory(args.memory_of, args.queries)
         return
 
     names = [f"{v}_{order}" for order in ("2nd", "1st") for v in args.variants]
     load_before = os.getloadavg()
-    results = timings(names, args.rounds, args.warmup)
+    results = timings(names, args.rounds, args.warmup, args.queries)
     load_after = os.getloadavg()
     for n in names:
         if "error" in results[n]:
             print(f"{n:18s} {results[n]['error']}")
             continue
         command = [sys.executable, __file__, "--memory-of", n, "--threads", str(args.threads)]
-        command += ["--allocator", args.allocator]
+        command += ["--allocator", args.allocator, "--queries", str(args.queries)]
         out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         results[n].update(json.loads(out.strip().splitlines()[-1]))
     for n in (n for n in names if "error" not in results[n]):
@@ -237,9 +239,11 @@ def main() -> None:
     host = machine(torch.device("cpu"))
     report = {
         "benchmark": (
-            "MAML meta-iteration (meta_loss + backward), Omniglot 5-way 1-shot 15-query, "
-            "meta-batch 32, Conv-4 (64), 28x28x1, 1 inner step; seconds, median over rounds"
+            f"MAML meta-iteration (meta_loss + backward), Omniglot 5-way 1-shot "
+            f"{args.queries}-query, meta-batch 32, Conv-4 (64), 28x28x1, 1 inner step; "
+            "seconds, median over rounds"
         ),
+        "queries": args.queries,
         "cpu": host["cpu"],
         "cores": os.cpu_count(),
         "threads": args.threads,
@@ -252,7 +256,7 @@ def main() -> None:
         "allocator": args.allocator,
         "thp_mem_alloc_enable": os.environ.get("THP_MEM_ALLOC_ENABLE"),
         "cpu_flags": host["cpu_flags"],
-        "grad_vs_loop_max_abs_over_norm": grad_vs_loop(names),
+        "grad_vs_loop_max_abs_over_norm": grad_vs_loop(names, args.queries),
         "variants": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
