@@ -90,7 +90,7 @@ VARIANTS = {
 }
 
 
-def setting(queries: int) -> tuple[Conv4, EpisodeBatch]:
+def setting(queries: int, strided: bool) -> tuple[Conv4, EpisodeBatch]:
     """The model and a fixed batch of random episodes (float images in [0, 1])."""
     g = torch.Generator().manual_seed(0)
 
@@ -102,11 +102,14 @@ def setting(queries: int) -> tuple[Conv4, EpisodeBatch]:
 
     batch = EpisodeBatch(*part(SHOTS), *part(queries), WAYS, SHOTS).to("cpu")
     torch.manual_seed(0)
-    return Conv4(1, 28, out_features=WAYS, hidden=64, track_running_stats=False), batch
+    model = Conv4(1, 28, out_features=WAYS, hidden=64, strided=strided, track_running_stats=False)
+    return model, batch
 
 
-def make_step(variant: str, first_order: bool, queries: int) -> tuple[MAML, Callable[[], None]]:
-    model, batch = setting(queries)
+def make_step(
+    variant: str, first_order: bool, queries: int, strided: bool
+) -> tuple[MAML, Callable[[], None]]:
+    model, batch = setting(queries, strided)
     how = VARIANTS[variant]
     maml = MAML(model, inner_lr=0.4, inner_steps=1, first_order=first_order, **how.options)
     if how.compiled:
@@ -125,18 +128,18 @@ def split(name: str) -> tuple[str, bool]:
     return variant, order == "1st"
 
 
-def grad_vs_loop(names: list[str], queries: int) -> dict[str, float | None]:
+def grad_vs_loop(names: list[str], queries: int, strided: bool) -> dict[str, float | None]:
     """max |grad - grad_loop| / ||grad_loop|| of one meta-iteration of each variant."""
     out: dict[str, float | None] = {}
     reference: dict[bool, Tensor] = {}
     for name in names:
         variant, first_order = split(name)
         if first_order not in reference:
-            maml, step = make_step("loop", first_order, queries)
+            maml, step = make_step("loop", first_order, queries, strided)
             step()
             reference[first_order] = torch.cat([p.grad.flatten() for p in maml.parameters()])
         try:
-            maml, step = make_step(variant, first_order, queries)
+            maml, step = make_step(variant, first_order, queries, strided)
             step()
         except Exception:  # recorded by timings()
             out[name] = None
@@ -147,13 +150,13 @@ def grad_vs_loop(names: list[str], queries: int) -> dict[str, float | None]:
     return out
 
 
-def timings(names: list[str], rounds: int, warmup: int, queries: int) -> dict:
+def timings(names: list[str], rounds: int, warmup: int, queries: int, strided: bool) -> dict:
     """Wall and CPU seconds per meta-iteration of each variant, timed in turns (the first
     call of each, e.g. a compilation, is timed apart as ``first_s``)."""
     steps, results = {}, {}
     for n in names:
         try:
-            steps[n] = make_step(*split(n), queries)[1]
+            steps[n] = make_step(*split(n), queries, strided)[1]
             start = time.perf_counter()
             steps[n]()
             results[n] = {"first_s": round(time.perf_counter() - start, 3)}
@@ -190,9 +193,9 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def peak_memory(name: str, queries: int) -> None:
+def peak_memory(name: str, queries: int, strided: bool) -> None:
     """Child process: print the growth of the peak RSS over the set-up, in MiB."""
-    _, step = make_step(*split(name), queries)
+    _, step = make_step(*split(name), queries, strided)
     before = peak_rss_mib()
     step()
     print(json.dumps({"peak_growth_mib": round(peak_rss_mib() - before, 1)}))
@@ -206,6 +209,9 @@ def main() -> None:
     parser.add_argument("--allocator", choices=("default", "keep"), default="default")
     parser.add_argument("--queries", type=int, default=15, help="query images per class")
     parser.add_argument(
+        "--strided", action="store_true", help="the paper's Omniglot Conv-4: stride 2, no pooling"
+    )
+    parser.add_argument(
         "--variants", nargs="+", choices=list(VARIANTS), default=["loop", "fast", "fast_1worker"]
     )
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)
@@ -215,12 +221,12 @@ def main() -> None:
         raise SystemExit(f"--allocator {args.allocator} needs glibc (Linux)")
     torch.set_num_threads(args.threads)
     if args.memory_of:
-        peak_memory(args.memory_of, args.queries)
+        peak_memory(args.memory_of, args.queries, args.strided)
         return
 
     names = [f"{v}_{order}" for order in ("2nd", "1st") for v in args.variants]
     load_before = os.getloadavg()
-    results = timings(names, args.rounds, args.warmup, args.queries)
+    results = timings(names, args.rounds, args.warmup, args.queries, args.strided)
     load_after = os.getloadavg()
     for n in names:
         if "error" in results[n]:
@@ -228,6 +234,7 @@ def main() -> None:
             continue
         command = [sys.executable, __file__, "--memory-of", n, "--threads", str(args.threads)]
         command += ["--allocator", args.allocator, "--queries", str(args.queries)]
+        command += ["--strided"] if args.strided else []
         out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         results[n].update(json.loads(out.strip().splitlines()[-1]))
     for n in (n for n in names if "error" not in results[n]):
@@ -240,10 +247,12 @@ def main() -> None:
     report = {
         "benchmark": (
             f"MAML meta-iteration (meta_loss + backward), Omniglot 5-way 1-shot "
-            f"{args.queries}-query, meta-batch 32, Conv-4 (64), 28x28x1, 1 inner step; "
+            f"{args.queries}-query, meta-batch 32, Conv-4 (64, "
+            f"{'strided' if args.strided else 'max-pooling'}), 28x28x1, 1 inner step; "
             "seconds, median over rounds"
         ),
         "queries": args.queries,
+        "strided": args.strided,
         "cpu": host["cpu"],
         "cores": os.cpu_count(),
         "threads": args.threads,
@@ -256,7 +265,7 @@ def main() -> None:
         "allocator": args.allocator,
         "thp_mem_alloc_enable": os.environ.get("THP_MEM_ALLOC_ENABLE"),
         "cpu_flags": host["cpu_flags"],
-        "grad_vs_loop_max_abs_over_norm": grad_vs_loop(names, args.queries),
+        "grad_vs_loop_max_abs_over_norm": grad_vs_loop(names, args.queries, args.strided),
         "variants": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
