@@ -14,6 +14,8 @@ first order (FOMAML, ``_1st``):
   and a batch norm with a cheap double backward on the support pass), each task differentiated
   as soon as its loss is computed, the tasks shared out to one thread per core;
 - ``fast_1worker``: the same in the calling thread, intra-op threads (``workers=1``);
+- ``fast_chunk1``: ``fast`` with one task at a time (``task_chunk=1``; the default groups
+  small tasks, see :data:`~lifelong.algorithms.inner_loop.GROUP_ACTIVATIONS`);
 - ``fast_grouped``: all 32 tasks in one batched forward (``task_chunk=32``): larger fused
   matrix products instead of one task at a time, in the calling thread;
 - ``fast_compiled``: ``fast_1worker`` with its task forward through ``torch.compile``
@@ -83,6 +85,7 @@ VARIANTS = {
     "loop": Variant({"fast": False}),
     "fast": Variant(),
     "fast_1worker": Variant({"workers": 1}),
+    "fast_chunk1": Variant({"task_chunk": 1}),
     "fast_grouped": Variant({"workers": 1, "task_chunk": META_BATCH}),
     "fast_compiled": Variant({"workers": 1}, compiled=True),
     "fast_bf16": Variant({"precision": "bfloat16"}),
