@@ -4,7 +4,9 @@ A *row* (``lifelong/reproduce_rows/<row>.yaml``, package data) is one meta-train
 paper's table: the run's settings (``train:``, any :class:`~lifelong.pipeline.config.RunConfig`
 options), the time budget it runs under here (``budget_minutes``), one or more test settings
 (``evaluate:``), each with the published value it is compared with, and the ways in which our
-setting differs from the paper (``differences:``)::
+setting differs from the paper (``differences:``), and optionally which checkpoint is tested
+(``checkpoint: last``, for papers that report their final model; default ``best`` on
+validation)::
 
     row: maml-omniglot-5w1s
     title: MAML, Omniglot 5-way 1-shot
@@ -88,7 +90,11 @@ RUNS = Path("runs/reproduce")
 LEDGER = "reproduce.json"
 """The file in a run folder that counts the training sessions' wall-clock time."""
 STATUSES = ("confirmed", "unconfirmed", "not published")
-ROW_KEYS = ("row", "title", "source", "budget_minutes", "train", "evaluate", "differences")
+ROW_KEYS = (
+    "row", "title", "source", "budget_minutes", "train", "evaluate", "differences", "checkpoint",
+)  # fmt: skip
+REQUIRED_ROW_KEYS = ROW_KEYS[:6]
+CHECKPOINTS = ("best", "last")
 TEST_KEYS = ("name", "ways", "shots", "queries", "episodes", "inner_steps", "paper")
 PAPER_KEYS = ("value", "ci95", "status", "note")
 
@@ -143,6 +149,9 @@ class Row:
     differences: tuple[str, ...]
     path: Path | Traversable
     """The row file: a path given by the user, or a file of :data:`ROWS_DIR`."""
+    checkpoint: str = "best"
+    """The checkpoint tested: ``best`` on validation (the last where the run validates
+    nothing) or ``last``, as papers that report their final model."""
 
     @property
     def metric(self) -> str:
@@ -181,7 +190,7 @@ def load_row(spec: str | Path, rows_dir: Path | Traversable = ROWS_DIR) -> Row:
         values = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{where} is not valid YAML: {' '.join(str(err).split())}") from err
-    values = _mapping(values, where, ROW_KEYS, required=ROW_KEYS[:-1])
+    values = _mapping(values, where, ROW_KEYS, required=REQUIRED_ROW_KEYS)
     train_values = _mapping(values["train"], f"{where}: train", None)
     if "out" in train_values or "time_limit" in train_values:
         raise ConfigError(
@@ -202,6 +211,9 @@ def load_row(spec: str | Path, rows_dir: Path | Traversable = ROWS_DIR) -> Row:
     for key in ("row", "title", "source"):
         if not isinstance(values[key], str) or not values[key].strip():
             raise ConfigError(f"{where}: {key} must be a non-empty string")
+    checkpoint = values.get("checkpoint", "best")
+    if checkpoint not in CHECKPOINTS:
+        raise ConfigError(f"{where}: checkpoint must be best or last, got {checkpoint!r}")
     return Row(
         name=values["row"],
         title=values["title"],
@@ -211,6 +223,7 @@ def load_row(spec: str | Path, rows_dir: Path | Traversable = ROWS_DIR) -> Row:
         tests=parsed,
         differences=tuple(differences),
         path=path,
+        checkpoint=checkpoint,
     )
 
 
@@ -583,7 +596,7 @@ def reproduce(
         budget = time_limit or row.budget_minutes
         training = train_row(row, out or RUNS / row.name, budget, device, data_root, progress)
         drift = {}
-    tested = load_trained(training.run_dir)  # the best checkpoint (else the last), once
+    tested = load_trained(training.run_dir, row.checkpoint)  # once for all the tests
     used = resolve_device(device or tested.config.device)
     curve = validation_curve(training.run_dir)
     rising = still_rising(curve, row.metric)

@@ -104,7 +104,7 @@ def test_every_row_file_is_valid_and_builds_its_model() -> None:
     for name in row_names():
         row = load_row(name)
         assert row.name == name and row.path == ROWS_DIR / f"{name}.yaml"
-        assert row.budget_minutes > 0 and row.title and row.source and row.differences
+        assert row.budget_minutes > 0 and row.title and row.source
         assert row.train.out is None and row.train.time_limit is None
         for test in row.tests:
             cfg = test.config(row.train)
@@ -147,6 +147,7 @@ def test_the_paper_settings_are_kept() -> None:
     [
         ({"budget": 3}, "unknown key 'budget' (did you mean 'budget_minutes'?)"),
         ({"budget_minutes": 0}, "budget_minutes must be a positive number, got 0"),
+        ({"checkpoint": "final"}, "checkpoint must be best or last, got 'final'"),
         ({"train": {"wayz": 5}}, "unknown option 'wayz' (did you mean 'ways'?)"),
         ({"train": {"out": "x"}}, "train sets no out or time_limit"),
         ({"evaluate": []}, "evaluate must be a list of one or more tests"),
@@ -276,6 +277,10 @@ def test_run_tests_an_existing_run_folder(
     assert record["config_differences"] == {"seed": [0, 3]}
     assert record["notes"] == ["the run differs from the row in seed: row 0, run 3"]
     assert not (run / LEDGER).exists()  # nothing trained, nothing written in the run
+    last = row_file(tmp_path, {"checkpoint": "last"})
+    code, _, err = cli(capsys, "reproduce", last, "--run", run, "--results", results)
+    assert code == 0, err
+    assert jsonl(results)[-1]["tested_iteration"] == 4  # the last, whichever validated best
     code, _, err = cli(capsys, "reproduce", row_file(tmp_path), "--run", run, "--time-limit", "1")
     assert code == 1 and "--run tests a trained run folder" in err
 
