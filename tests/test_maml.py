@@ -461,3 +461,26 @@ def test_meta_training_learns_sinusoids() -> None:
         maml.meta_loss(sampler.sample(10)).loss.backward()
         optimizer.step()
     assert maml.evaluate(test).mean().item() < 0.75 * before
+
+
+def test_small_tasks_run_side_by_side_on_the_cpu() -> None:
+    """The default task group: as many tasks as keep the first convolution's outputs within
+    GROUP_ACTIVATIONS values; dense models (no convolution) take the whole batch."""
+
+    def batch(ways: int, shots: int, queries: int, size: int = 28) -> EpisodeBatch:
+        x = torch.zeros(32, ways * max(shots, queries), 1, size, size)
+        y = torch.zeros(32, ways * max(shots, queries), dtype=torch.long)
+        return EpisodeBatch(
+            x[:, : ways * shots], y[:, : ways * shots], x[:, : ways * queries],
+            y[:, : ways * queries], ways, shots,
+        )  # fmt: skip
+
+    def chunk(strided: bool, *shape: int) -> int:
+        model = Conv4(1, 28, out_features=5, hidden=64, strided=strided, track_running_stats=False)
+        return MAML(model)._default_chunk(batch(*shape))
+
+    assert chunk(True, 5, 1, 1) == 32  # the paper's Omniglot setting: 10 images a task
+    assert chunk(True, 5, 1, 15) == 4
+    assert chunk(False, 5, 1, 15) == 1  # 64 x 28 x 28 values an image: one task at a time
+    mlp = MAML(MLP(784, (8,), 5, batch_norm=True, track_running_stats=False))
+    assert mlp._default_chunk(batch(5, 1, 15)) == 32
