@@ -361,6 +361,8 @@ class InnerLoopLearner(Algorithm):
         """``params`` with :meth:`step_parameters` of ``step`` put in (expanded to ``tasks``
         on the fast path; detached for evaluation)."""
         extra = self.step_parameters(step)
+        if not extra:
+            return params
         if detach:
             extra = {n: p.detach() for n, p in extra.items()}
         if tasks is not None:
