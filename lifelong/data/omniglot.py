@@ -75,10 +75,12 @@ SETS = (
 #: The Vinyals split's val and test characters, in the package (see the module docstring).
 VINYALS_LISTS = "splits/omniglot-vinyals.json"
 
+VINYALS_SIZES = {"train": 1028, "val": 172, "trainval": 1200, "test": 423}
+
 #: Number of characters in each split, before rotations.
 SPLIT_SIZES = {
-    "vinyals": {"train": 1028, "val": 172, "trainval": 1200, "test": 423},
-    "random": {"train": 1028, "val": 172, "trainval": 1200, "test": 423},
+    "vinyals": VINYALS_SIZES,
+    "random": VINYALS_SIZES,
     "lake": {"train": 864, "val": 100, "trainval": 964, "test": 659},
 }
 
