@@ -531,12 +531,11 @@ def git_commit() -> tuple[str | None, bool | None]:
     return head, bool(status.strip())
 
 
-def config_differences(row: Row, run_dir: Path) -> dict[str, list[Any]]:
-    """Options (other than :data:`lifelong.pipeline.train.RESUMABLE`) in which the run's saved
-    config differs from the row's: ``{option: [row's value, run's value]}``."""
+def config_differences(row: Row, saved: RunConfig) -> dict[str, list[Any]]:
+    """Options (other than :data:`lifelong.pipeline.train.RESUMABLE`) in which a run's config
+    (as its checkpoint reads) differs from the row's: ``{option: [row's value, run's value]}``."""
     from lifelong.pipeline.train import RESUMABLE
 
-    saved = RunConfig.from_yaml(run_dir / "config.yaml")
     return {
         f.name: [getattr(row.train, f.name), getattr(saved, f.name)]
         for f in fields(RunConfig)
@@ -589,14 +588,13 @@ def reproduce(
         if out is not None or time_limit is not None:
             raise ConfigError("--run tests a trained run folder: leave out --out and --time-limit")
         training, budget = _trained(run)
-        drift = config_differences(row, run)
     else:
         if time_limit is not None and not time_limit > 0:
             raise ConfigError(f"--time-limit must be positive, got {time_limit}")
         budget = time_limit or row.budget_minutes
         training = train_row(row, out or RUNS / row.name, budget, device, data_root, progress)
-        drift = {}
     tested = load_trained(training.run_dir, row.checkpoint)  # once for all the tests
+    drift = {} if run is None else config_differences(row, tested.config)
     used = resolve_device(device or tested.config.device)
     curve = validation_curve(training.run_dir)
     rising = still_rising(curve, row.metric)
