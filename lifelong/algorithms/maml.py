@@ -183,7 +183,8 @@ class MAML(InnerLoopLearner):
         params = dict(model.named_parameters())
         self.step_norms: nn.ParameterDict | None = None
         if per_step_bn:
-            norms = [n for n in params if n.rsplit(".", 1)[0] in _batch_norms(model)]
+            layers = _batch_norms(model)
+            norms = [n for n in params if n.rsplit(".", 1)[0] in layers]
             if not norms:
                 raise ValueError("per_step_bn needs a model with affine batch norm layers")
             self.adapted = tuple(n for n in self.adapted if n not in norms)
