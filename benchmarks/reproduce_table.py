@@ -14,8 +14,9 @@ entry of every row, and writes
   printed under the table;
 * ``reproduce.png``: accuracy (MSE for sinusoids) against training time, one panel per task
   (dataset and episode shape): each row's validation curve (of its latest entry, where
-  validation has the panel's shape) as a line, every test entry of every row as a point, the
-  published values as dashed lines of the same colour.
+  validation has the panel's shape) as a line, every test entry of every row as a point (of
+  the row's setting as it reads today: :func:`of_setting`), the published values as dashed
+  lines of the same colour.
 
 Usage:
     python benchmarks/reproduce_table.py [--results FILE] [--out-dir DIR]
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from lifelong import reproduce
+from lifelong.pipeline.config import RunConfig
 from lifelong.reproduce import Row, describe, load_row, row_names
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,6 +65,15 @@ def read_records(path: Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError as err:
                 raise SystemExit(f"error: {path}:{number} is not valid JSON: {err}") from None
     return records
+
+
+def of_setting(record: dict[str, Any], row: Row) -> bool:
+    """Whether ``record`` measured ``row``'s setting as the row file reads today: the options
+    read with the meaning they had in the version that made the record
+    (:meth:`RunConfig.of_checkpoint`; e.g. Omniglot's ``vinyals`` split before 0.2.0) are
+    the row's."""
+    state = {"config": row.train.to_dict(), "version": record.get("lifelong", "0")}
+    return RunConfig.of_checkpoint(state) == row.train
 
 
 def latest(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -229,7 +240,9 @@ def plot(records: list[dict[str, Any]], rows: list[Row], path: Path) -> Path:
             points = sorted(
                 (r["train_seconds"] / 60, res["mean"], res["ci95"] or 0.0)
                 for r in records
-                if r["row"] == row.name and r.get("train_seconds") is not None
+                if r["row"] == row.name
+                and r.get("train_seconds") is not None
+                and of_setting(r, row)
                 for res in r["results"]
                 if res["name"] == test_name
             )
