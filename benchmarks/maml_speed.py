@@ -93,7 +93,25 @@ VARIANTS = {
 }
 
 
-def setting(queries: int, strided: bool) -> tuple[Conv4, EpisodeBatch]:
+@dataclass(frozen=True)
+class Tasks:
+    """The episodes timed: query images per class, and the Conv-4 (strided, as the paper's
+    Omniglot network, or with max-pooling)."""
+
+    queries: int
+    strided: bool
+
+    @property
+    def flags(self) -> list[str]:
+        """The command-line flags that give this setting."""
+        return ["--queries", str(self.queries)] + (["--strided"] if self.strided else [])
+
+    @property
+    def network(self) -> str:
+        return "strided" if self.strided else "max-pooling"
+
+
+def setting(tasks: Tasks) -> tuple[Conv4, EpisodeBatch]:
     """The model and a fixed batch of random episodes (float images in [0, 1])."""
     g = torch.Generator().manual_seed(0)
 
@@ -103,16 +121,16 @@ def setting(queries: int, strided: bool) -> tuple[Conv4, EpisodeBatch]:
         labels = torch.arange(WAYS).repeat_interleave(per_class).expand(META_BATCH, -1)
         return images, labels.contiguous()
 
-    batch = EpisodeBatch(*part(SHOTS), *part(queries), WAYS, SHOTS).to("cpu")
+    batch = EpisodeBatch(*part(SHOTS), *part(tasks.queries), WAYS, SHOTS).to("cpu")
     torch.manual_seed(0)
-    model = Conv4(1, 28, out_features=WAYS, hidden=64, strided=strided, track_running_stats=False)
+    model = Conv4(
+        1, 28, out_features=WAYS, hidden=64, strided=tasks.strided, track_running_stats=False
+    )
     return model, batch
 
 
-def make_step(
-    variant: str, first_order: bool, queries: int, strided: bool
-) -> tuple[MAML, Callable[[], None]]:
-    model, batch = setting(queries, strided)
+def make_step(variant: str, first_order: bool, tasks: Tasks) -> tuple[MAML, Callable[[], None]]:
+    model, batch = setting(tasks)
     how = VARIANTS[variant]
     maml = MAML(model, inner_lr=0.4, inner_steps=1, first_order=first_order, **how.options)
     if how.compiled:
@@ -131,18 +149,18 @@ def split(name: str) -> tuple[str, bool]:
     return variant, order == "1st"
 
 
-def grad_vs_loop(names: list[str], queries: int, strided: bool) -> dict[str, float | None]:
+def grad_vs_loop(names: list[str], tasks: Tasks) -> dict[str, float | None]:
     """max |grad - grad_loop| / ||grad_loop|| of one meta-iteration of each variant."""
     out: dict[str, float | None] = {}
     reference: dict[bool, Tensor] = {}
     for name in names:
         variant, first_order = split(name)
         if first_order not in reference:
-            maml, step = make_step("loop", first_order, queries, strided)
+            maml, step = make_step("loop", first_order, tasks)
             step()
             reference[first_order] = torch.cat([p.grad.flatten() for p in maml.parameters()])
         try:
-            maml, step = make_step(variant, first_order, queries, strided)
+            maml, step = make_step(variant, first_order, tasks)
             step()
         except Exception:  # recorded by timings()
             out[name] = None
@@ -153,13 +171,13 @@ def grad_vs_loop(names: list[str], queries: int, strided: bool) -> dict[str, flo
     return out
 
 
-def timings(names: list[str], rounds: int, warmup: int, queries: int, strided: bool) -> dict:
+def timings(names: list[str], rounds: int, warmup: int, tasks: Tasks) -> dict:
     """Wall and CPU seconds per meta-iteration of each variant, timed in turns (the first
     call of each, e.g. a compilation, is timed apart as ``first_s``)."""
     steps, results = {}, {}
     for n in names:
         try:
-            steps[n] = make_step(*split(n), queries, strided)[1]
+            steps[n] = make_step(*split(n), tasks)[1]
             start = time.perf_counter()
             steps[n]()
             results[n] = {"first_s": round(time.perf_counter() - start, 3)}
@@ -196,9 +214,9 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def peak_memory(name: str, queries: int, strided: bool) -> None:
+def peak_memory(name: str, tasks: Tasks) -> None:
     """Child process: print the growth of the peak RSS over the set-up, in MiB."""
-    _, step = make_step(*split(name), queries, strided)
+    _, step = make_step(*split(name), tasks)
     before = peak_rss_mib()
     step()
     print(json.dumps({"peak_growth_mib": round(peak_rss_mib() - before, 1)}))
@@ -223,21 +241,21 @@ def main() -> None:
     if args.allocator == "keep" and not keep_freed_memory():
         raise SystemExit(f"--allocator {args.allocator} needs glibc (Linux)")
     torch.set_num_threads(args.threads)
+    tasks = Tasks(args.queries, args.strided)
     if args.memory_of:
-        peak_memory(args.memory_of, args.queries, args.strided)
+        peak_memory(args.memory_of, tasks)
         return
 
     names = [f"{v}_{order}" for order in ("2nd", "1st") for v in args.variants]
     load_before = os.getloadavg()
-    results = timings(names, args.rounds, args.warmup, args.queries, args.strided)
+    results = timings(names, args.rounds, args.warmup, tasks)
     load_after = os.getloadavg()
     for n in names:
         if "error" in results[n]:
             print(f"{n:18s} {results[n]['error']}")
             continue
         command = [sys.executable, __file__, "--memory-of", n, "--threads", str(args.threads)]
-        command += ["--allocator", args.allocator, "--queries", str(args.queries)]
-        command += ["--strided"] if args.strided else []
+        command += ["--allocator", args.allocator, *tasks.flags]
         out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         results[n].update(json.loads(out.strip().splitlines()[-1]))
     for n in (n for n in names if "error" not in results[n]):
@@ -251,7 +269,7 @@ def main() -> None:
         "benchmark": (
             f"MAML meta-iteration (meta_loss + backward), Omniglot 5-way 1-shot "
             f"{args.queries}-query, meta-batch 32, Conv-4 (64, "
-            f"{'strided' if args.strided else 'max-pooling'}), 28x28x1, 1 inner step; "
+            f"{tasks.network}), 28x28x1, 1 inner step; "
             "seconds, median over rounds"
         ),
         "queries": args.queries,
@@ -268,7 +286,7 @@ def main() -> None:
         "allocator": args.allocator,
         "thp_mem_alloc_enable": os.environ.get("THP_MEM_ALLOC_ENABLE"),
         "cpu_flags": host["cpu_flags"],
-        "grad_vs_loop_max_abs_over_norm": grad_vs_loop(names, args.queries, args.strided),
+        "grad_vs_loop_max_abs_over_norm": grad_vs_loop(names, tasks),
         "variants": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
