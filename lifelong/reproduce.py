@@ -533,13 +533,16 @@ def git_commit() -> tuple[str | None, bool | None]:
 
 def config_differences(row: Row, saved: RunConfig) -> dict[str, list[Any]]:
     """Options (other than :data:`lifelong.pipeline.train.RESUMABLE`) in which a run's config
-    (as its checkpoint reads) differs from the row's: ``{option: [row's value, run's value]}``."""
+    (as its checkpoint reads) differs from the row's with the algorithm's defaults filled in:
+    ``{option: [row's value, run's value]}``."""
+    from lifelong.pipeline.factory import resolve_config
     from lifelong.pipeline.train import RESUMABLE
 
+    wanted = resolve_config(row.train)
     return {
-        f.name: [getattr(row.train, f.name), getattr(saved, f.name)]
+        f.name: [getattr(wanted, f.name), getattr(saved, f.name)]
         for f in fields(RunConfig)
-        if f.name not in RESUMABLE and getattr(row.train, f.name) != getattr(saved, f.name)
+        if f.name not in RESUMABLE and getattr(wanted, f.name) != getattr(saved, f.name)
     }
 
 

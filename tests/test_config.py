@@ -25,6 +25,11 @@ def test_yaml_round_trip(tmp_path):
         hidden=(32,),
         grad_clip=10.0,
         dataset_options={"classes": {"train": 30}},
+        inner_optimizer="adam",
+        inner_batch=10,
+        eval_inner_batch=0,
+        meta_optimizer="sgd",
+        lr_schedule="linear",
     )
     path = tmp_path / "run" / "config.yaml"
     cfg.save(path)
@@ -67,7 +72,7 @@ def test_unknown_key_names_the_key_and_a_suggestion(tmp_path):
         ({"ways": "five"}, "ways must be an integer, got 'five'"),
         ({"shots": 1.5}, "shots must be an integer"),
         ({"algorithm": "mamll"}, "unknown algorithm 'mamll'.*one of maml, fomaml"),
-        ({"lr_schedule": "linear"}, "`lr_schedule` must be one of none, cosine, step"),
+        ({"lr_schedule": "exponential"}, "`lr_schedule` must be one of none, cosine, step, linear"),
         ({"rotations": "maybe"}, "rotations must be true or false"),
         ({"hidden": [0]}, "`hidden` must be positive"),
         ({"dataset_options": [1]}, "dataset_options must be a mapping"),
@@ -156,3 +161,12 @@ def test_checkpoints_keep_the_class_split_they_were_trained_on(version, saved, r
     assert RunConfig.of_checkpoint(state).class_split == read
     strokes = {"version": "0.1.0", "config": {"dataset": "strokes"}}
     assert RunConfig.of_checkpoint(strokes).class_split is None
+
+
+def test_checkpoints_saved_before_an_option_existed_keep_their_training():
+    old = {"version": "0.2.0", "config": {"algorithm": "reptile", "meta_lr": 0.001}}
+    cfg = RunConfig.of_checkpoint(old)  # full-batch SGD steps, Adam on the meta-update
+    assert (cfg.inner_optimizer, cfg.inner_batch, cfg.eval_inner_batch) == ("sgd", 0, 0)
+    assert (cfg.meta_optimizer, cfg.meta_lr, cfg.lr_schedule) == ("adam", 0.001, "none")
+    new = {"version": "0.2.0", "config": {"algorithm": "reptile", "inner_optimizer": "adam"}}
+    assert RunConfig.of_checkpoint(new).inner_optimizer == "adam"

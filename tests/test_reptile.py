@@ -1,18 +1,27 @@
-"""Reptile: the surrogate's gradient is theta - mean_i theta'_i (against plain SGD written out),
-an SGD step of epsilon makes the paper's update, the fast path equals the loop, and meta-training
-learns sinusoids."""
+"""Reptile: the surrogate's gradient is theta - mean_i theta'_i (against plain SGD and
+``torch.optim.Adam`` on the same mini-batches, written out), an SGD step of epsilon makes the
+paper's update (also through the Trainer, with the linearly annealed step size), the fast path
+equals the loop, the paper's settings are the defaults, and meta-training learns sinusoids."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
 from test_maml import WAYS, episodes, meta_gradient, tiny
+from test_train import FACTS, TRAIN
 from torch.func import functional_call
 
+from lifelong.algorithms.inner_loop import support_batches
 from lifelong.algorithms.reptile import Reptile
+from lifelong.data.episodes import EpisodeSampler
 from lifelong.data.sinusoid import SinusoidSampler
 from lifelong.models.mlp import MLP
+from lifelong.pipeline.config import RunConfig
+from lifelong.pipeline.factory import resolve_config
+from lifelong.pipeline.train import Trainer
 
 
 def adapted_by_hand(model: torch.nn.Module, episode, lr: float, steps: int) -> dict:
@@ -93,3 +102,133 @@ def test_meta_training_learns_sinusoids() -> None:
         reptile.meta_loss(sampler.sample(10)).loss.backward()
         optimizer.step()
     assert reptile.evaluate(test).mean().item() < 0.5 * before
+
+
+def adapted_by_adam(model: torch.nn.Module, x, y, lr: float, steps: int, batches=None) -> dict:
+    """theta'_i by ``torch.optim.Adam(betas=(0, 0.999))`` on a copy of the model, one task,
+    on the mini-batches ``batches [steps, k]`` (``None``: all of the support set)."""
+    copied = copy.deepcopy(model)
+    optimizer = torch.optim.Adam(copied.parameters(), lr=lr, betas=(0.0, 0.999))
+    for step in range(steps):
+        index = slice(None) if batches is None else batches[step]
+        optimizer.zero_grad()
+        F.cross_entropy(copied(x[index]), y[index]).backward()
+        optimizer.step()
+    return {n: p.detach() for n, p in copied.named_parameters()}
+
+
+@pytest.mark.parametrize("fast", [False, True])
+@pytest.mark.parametrize("inner_batch", [None, 4])
+def test_adam_on_mini_batches_equals_torch_adam(fast: bool, inner_batch: int | None) -> None:
+    batch = episodes("conv", tasks=3)
+    model = tiny("conv")
+    reptile = Reptile(
+        model, 0.01, 4, inner_optimizer="adam", inner_batch=inner_batch, fast=fast, workers=2
+    )
+    torch.manual_seed(7)
+    _, _, grads = meta_gradient(reptile, batch)
+    torch.manual_seed(7)  # the mini-batches meta_loss drew
+    drawn = support_batches(3, batch.support_x.shape[1], 4, inner_batch or 0, torch.device("cpu"))
+    adapted = [
+        adapted_by_adam(model, e.support_x, e.support_y, 0.01, 4, None if drawn is None else b)
+        for e, b in zip(batch, drawn if drawn is not None else [None] * 3, strict=True)
+    ]
+    for (name, theta), grad in zip(model.named_parameters(), grads, strict=True):
+        mean = torch.stack([a[name] for a in adapted]).mean(0)
+        torch.testing.assert_close(grad, theta.detach() - mean, msg=name)
+
+
+def test_mini_batches_cover_each_support_set_once_per_epoch() -> None:
+    g = torch.Generator().manual_seed(0)
+    batches = support_batches(3, 12, 7, 4, torch.device("cpu"), g)  # 7 steps: 2 1/3 epochs
+    assert batches.shape == (3, 7, 4)
+    for task in batches:
+        flat = task.flatten()
+        for epoch in (flat[:12], flat[12:24]):
+            assert sorted(epoch.tolist()) == list(range(12))
+    assert not torch.equal(batches[0], batches[1])  # each task its own shuffle
+    crossing = support_batches(1, 5, 5, 2, torch.device("cpu"), g).flatten()  # 10 of 5
+    assert sorted(crossing[:5].tolist()) == sorted(crossing[5:].tolist()) == list(range(5))
+    assert support_batches(2, 5, 3, 5, torch.device("cpu")) is None  # all: no order
+    assert support_batches(2, 5, 3, 0, torch.device("cpu")) is None
+
+
+@pytest.mark.parametrize("kind", ["conv", "strided", "mlp"])
+def test_fast_path_equals_reference_with_adam_and_mini_batches(kind: str) -> None:
+    batch = episodes(kind, tasks=4)
+    options = {"inner_optimizer": "adam", "inner_batch": 4, "eval_inner_batch": 5}
+    reference = Reptile(tiny(kind), 0.01, 3, eval_inner_steps=4, fast=False, **options)
+    torch.manual_seed(3)
+    loss, metric, grads = meta_gradient(reference, batch)
+    for task_chunk, workers in [(None, 1), (1, 2), (3, 1)]:
+        fast = Reptile(reference.model, 0.01, 3, eval_inner_steps=4, **options)
+        fast.task_chunk, fast.workers = task_chunk, workers
+        torch.manual_seed(3)
+        fast_loss, fast_metric, fast_grads = meta_gradient(fast, batch)
+        assert (fast_loss, fast_metric) == pytest.approx((loss, metric), rel=1e-12)
+        for a, b in zip(grads, fast_grads, strict=True):
+            # atol: a convolution's bias before batch norm has a zero gradient, which the
+            # reference computes as rounding noise and Adam scales up to ~1e-9 (eps 1e-8)
+            torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-8)
+        torch.testing.assert_close(fast.evaluate(batch), reference.evaluate(batch))
+    predict = reference.adapt(batch.support_x[0], batch.support_y[0], WAYS)
+    fast_predict = fast.adapt(batch.support_x[0], batch.support_y[0], WAYS)
+    torch.testing.assert_close(fast_predict(batch.query_x[0]), predict(batch.query_x[0]))
+
+
+def test_trainer_takes_linearly_annealed_sgd_steps_to_the_adapted_mean(tmp_path) -> None:
+    torch.manual_seed(0)  # no batch norm: no parameter with a gradient of rounding noise
+    model = MLP(64, (8, 6), WAYS, batch_norm=False)
+    reptile = Reptile(model, 0.01, 2, inner_optimizer="adam", inner_batch=4)
+    cfg = RunConfig(
+        algorithm="reptile", ways=WAYS, shots=2, queries=1, meta_batch=2, iterations=4,
+        meta_optimizer="sgd", meta_lr=1.0, lr_schedule="linear", val_every=100,
+        checkpoint_every=100, out=str(tmp_path),
+    )  # fmt: skip
+    sampler = EpisodeSampler(TRAIN, WAYS, 2, 1, seed=0)
+    trainer = Trainer(reptile, cfg, sampler, tmp_path, FACTS, progress=False)
+    assert isinstance(trainer.optimizer, torch.optim.SGD)
+    params = list(model.parameters())
+    for step in range(4):
+        batch = sampler.tasks(step * 2, 2).to("cpu")
+        torch.manual_seed(step)
+        drawn = support_batches(2, 2 * WAYS, 2, 4, torch.device("cpu"))
+        adapted = [
+            adapted_by_adam(model, e.support_x, e.support_y, 0.01, 2, b)
+            for e, b in zip(batch, drawn, strict=True)
+        ]
+        before = [p.detach().clone() for p in params]
+        torch.manual_seed(step)
+        trainer.step = step  # (fit counts the steps)
+        trainer.train_step()
+        epsilon = 1 - step / 4  # meta_step 1 annealed to meta_step_final 0
+        for (name, p), theta in zip(model.named_parameters(), before, strict=True):
+            mean = torch.stack([a[name] for a in adapted]).mean(0)
+            torch.testing.assert_close(p.detach(), theta + epsilon * (mean - theta), msg=name)
+
+
+def test_the_papers_settings_are_the_defaults() -> None:
+    cfg = resolve_config(RunConfig(algorithm="reptile", dataset="omniglot"))
+    paper = {
+        "meta_batch": 5, "inner_optimizer": "adam", "inner_lr": 0.001, "inner_steps": 5,
+        "inner_batch": 10, "eval_inner_steps": 50, "eval_inner_batch": 5,
+        "meta_optimizer": "sgd", "meta_lr": 1.0, "lr_schedule": "linear",
+    }  # fmt: skip
+    assert {k: getattr(cfg, k) for k in paper} == paper
+    assert cfg.source_of("inner_optimizer") == "algorithm default (reptile)"
+    maml = resolve_config(RunConfig(algorithm="maml", dataset="omniglot"))
+    assert (maml.inner_optimizer, maml.inner_batch, maml.meta_optimizer) == ("sgd", 0, "adam")
+    assert (maml.meta_lr, maml.lr_schedule) == (1e-3, "none")
+    built = Reptile.from_config(cfg, FACTS, lambda ways: tiny("mlp"))
+    assert (type(built.update).__name__, built.update.beta1) == ("Adam", 0.0)
+    assert (built.inner_batch, built.eval_inner_batch) == (10, 5)
+
+
+def test_adam_refuses_second_order_and_anil_refuses_mini_batches() -> None:
+    from lifelong.algorithms.maml import ANIL, FOMAML, MAML
+
+    with pytest.raises(ValueError, match="inner_optimizer adam takes first-order steps"):
+        MAML(tiny("mlp"), inner_optimizer="adam")
+    FOMAML(tiny("mlp"), inner_optimizer="adam", inner_batch=2)
+    with pytest.raises(ValueError, match=r"adapt='head' \(ANIL\) computes"):
+        ANIL(tiny("mlp"), first_order=True, inner_batch=2)

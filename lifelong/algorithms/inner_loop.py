@@ -5,9 +5,12 @@
 
     theta_{k+1} = theta_k - alpha_k * grad_theta L_support(theta_k)
 
-with parameters as a dict of tensors and a functional forward
-(:mod:`lifelong.algorithms.functional`), keeping the graph of the steps (``create_graph``) for
-second-order meta-gradients. :class:`InnerLoopLearner` is the base of
+or another update rule's direction in place of the gradient (:mod:`inner_update`: Adam for
+Reptile), on the whole support set or, with ``inner_batch``, on mini-batches of it
+(:func:`support_batches`: consecutive batches of a per-task shuffle, reshuffled every epoch,
+as Nichol et al. 2018's code samples them), with parameters as a dict of tensors and a
+functional forward (:mod:`lifelong.algorithms.functional`), keeping the graph of the steps
+(``create_graph``) for second-order meta-gradients. :class:`InnerLoopLearner` is the base of
 :class:`~lifelong.algorithms.maml.MAML` and :class:`~lifelong.algorithms.reptile.Reptile`: it
 holds the model, picks the forward (the fast :class:`~lifelong.algorithms.functional.TaskForward`
 for Conv-4 and MLP, the reference one task at a time for other models or with ``fast=False``)
@@ -35,7 +38,7 @@ from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import partial
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any
@@ -46,6 +49,7 @@ from torch import Tensor, nn
 
 from lifelong.algorithms.base import Algorithm, MetaLoss, ModelFactory, Predictor
 from lifelong.algorithms.functional import Forward, ModuleForward, Params, TaskForward
+from lifelong.algorithms.inner_update import SGD, InnerUpdate, inner_update
 from lifelong.algorithms.precision import Precision, check_precision
 from lifelong.data.episodes import EpisodeBatch
 
@@ -59,6 +63,12 @@ GROUP_ACTIVATIONS = 2**22
 32 tasks: strided Conv-4, 10 images a task, 0.68 s one task at a time, 0.34 s 16 at a time;
 80 images a task, 1.48 s and 1.09 s 8 at a time; Conv-4 with pooling (4x the values), 80
 images a task: one at a time is fastest."""
+
+PLAIN_SGD = SGD()
+"""The update rule of :func:`inner_loop` unless it is given another."""
+
+TEST_ORDER_SEED = 0
+"""Seed of the ``eval_inner_batch`` mini-batches (:meth:`InnerLoopLearner.test_order`)."""
 
 LearningRate = Callable[[str, int], "float | Tensor"]
 """``lr(name, step)``: the inner learning rate of parameter ``name`` at step ``step``."""
@@ -75,6 +85,8 @@ def inner_loop(
     lr: LearningRate,
     create_graph: bool,
     at_step: Callable[[Params, int], Params] = lambda params, step: params,
+    update: InnerUpdate = PLAIN_SGD,
+    batches: Tensor | None = None,
 ) -> list[Params]:
     """``steps`` gradient steps on the parameters ``names`` (the others stay fixed).
 
@@ -91,6 +103,9 @@ def inner_loop(
             the steps' gradients are constants (first order).
         at_step: ``at_step(theta_k, k)`` -> ``theta_k`` with the parameters that belong to step
             ``k`` put in (MAML++'s per-step batch norm); applied after each step.
+        update: the update rule (plain SGD, or Adam with moments that start at zero here).
+        batches: the support examples of each step, indices ``[steps, k]`` (one task) or
+            ``[G, steps, k]`` (a task group), from :func:`support_batches`; ``None``: all.
 
     Returns:
         ``[theta_0, theta_1, ..., theta_steps]``.
@@ -102,14 +117,73 @@ def inner_loop(
         ...                         create_graph=True)
         >>> F.cross_entropy(model_forward(trajectory[-1], query_x), query_y).backward()
     """
-    trajectory = [params]
+    if create_graph and not update.second_order:
+        raise ValueError(f"{type(update).__name__} inner steps cannot be differentiated")
+    trajectory, state = [params], {}
     for step in range(steps):
-        value = loss(forward(params, x), y).sum()
+        step_x, step_y = _step_batch(x, y, batches, step)
+        value = loss(forward(params, step_x), step_y).sum()
         grads = torch.autograd.grad(value, [params[n] for n in names], create_graph=create_graph)
-        updated = {n: params[n] - lr(n, step) * g for n, g in zip(names, grads, strict=True)}
+        directions = update.directions(dict(zip(names, grads, strict=True)), state, step)
+        updated = {n: params[n] - lr(n, step) * directions[n] for n in names}
         params = at_step({**params, **updated}, step + 1)
         trajectory.append(params)
     return trajectory
+
+
+def support_batches(
+    tasks: int,
+    support: int,
+    steps: int,
+    batch: int,
+    device: torch.device,
+    generator: torch.Generator | None = None,
+) -> Tensor | None:
+    """The mini-batches of ``steps`` inner steps on ``tasks`` support sets of ``support``
+    examples, as indices ``[tasks, steps, batch]``: each task's own shuffle, cut into
+    consecutive batches and drawn afresh when it is used up, a batch running on into the next
+    shuffle (the ``_mini_batches`` of Nichol et al. 2018's code, without replacement). ``None``
+    (all of the support set at every step) when ``batch`` is 0 or at least ``support``.
+
+    Example:
+        >>> batches = support_batches(1, 50, 5, 10, torch.device("cpu"))   # [1, 5, 10]
+        >>> sorted(batches.flatten().tolist()) == list(range(50))  # one epoch: each once
+        True
+    """
+    if not batch or batch >= support:
+        return None
+    epochs = -(-steps * batch // support)
+    draws = torch.rand(tasks, epochs, support, generator=generator)
+    order = draws.argsort(-1).flatten(1)[:, : steps * batch]
+    return order.view(tasks, steps, batch).to(device)
+
+
+def _step_batch(x: Tensor, y: Tensor, batches: Tensor | None, step: int) -> tuple[Tensor, Tensor]:
+    """The support examples of ``step``: all, or the batch of ``batches`` (one task's
+    ``[steps, k]`` or, for a group, ``[G, steps, k]``, each task its own)."""
+    if batches is None:
+        return x, y
+    index = batches[..., step, :]
+    if index.dim() == 1:
+        return x[index], y[index]
+    rows = torch.arange(index.shape[0], device=index.device).unsqueeze(1)
+    return x[rows, index], y[rows, index]
+
+
+@dataclass
+class OrderedBatch(EpisodeBatch):
+    """Episodes with the mini-batches an inner loop reads from each support set:
+    :func:`support_batches` ``[B, steps, k]`` (drawn before the tasks are shared out, so that
+    they do not depend on the threads or on the task groups)."""
+
+    batches: Tensor | None = None
+
+    def __getitem__(self, index: int | slice) -> Any:
+        part = super().__getitem__(index)
+        if not isinstance(index, slice) or self.batches is None:
+            return part
+        values = {f.name: getattr(part, f.name) for f in fields(part)}
+        return OrderedBatch(**values, batches=self.batches[index])
 
 
 @dataclass
@@ -152,6 +226,12 @@ class InnerLoopLearner(Algorithm):
             query losses, evaluation) under ``torch.autocast`` (mixed precision: matrix
             products and convolutions in that dtype, parameters and their updates float32);
             ``"float32"``: as the caller runs them.
+        inner_optimizer: the inner update rule, ``"sgd"`` or ``"adam"`` (first order only;
+            :mod:`~lifelong.algorithms.inner_update`), with ``inner_beta1``.
+        inner_batch: support examples per inner step while meta-training
+            (:func:`support_batches`; ``None`` or 0: all of them); batch norm then normalises
+            each mini-batch with its own statistics.
+        eval_inner_batch: the same at test time.
 
     Subclasses implement :meth:`group_loss`.
     """
@@ -174,6 +254,10 @@ class InnerLoopLearner(Algorithm):
         task_chunk: int | None = None,
         workers: int | None = None,
         precision: Precision = "float32",
+        inner_optimizer: str = "sgd",
+        inner_beta1: float = 0.0,
+        inner_batch: int | None = None,
+        eval_inner_batch: int | None = None,
     ) -> None:
         super().__init__()
         check_precision(precision)
@@ -192,6 +276,14 @@ class InnerLoopLearner(Algorithm):
         for what, value in (("task_chunk", task_chunk), ("workers", workers)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{what} must be a positive integer or None, got {value!r}")
+        for what, value in (("inner_batch", inner_batch), ("eval_inner_batch", eval_inner_batch)):
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise ValueError(f"{what} must be a non-negative integer or None, got {value!r}")
+        if adapt == "head" and (inner_batch or eval_inner_batch):
+            raise ValueError(
+                "inner_batch needs the body run on each mini-batch, but adapt='head' (ANIL) "
+                "computes the support set's features once: use one or the other"
+            )
         if adapt not in ("all", "head"):
             raise ValueError(f"adapt must be 'all' or 'head', got {adapt!r}")
         for name, module in model.named_modules():
@@ -214,6 +306,8 @@ class InnerLoopLearner(Algorithm):
         self.task_chunk = task_chunk
         self.workers = workers
         self.precision: Precision = precision
+        self.update = inner_update(inner_optimizer, inner_beta1)
+        self.inner_batch, self.eval_inner_batch = inner_batch, eval_inner_batch
         self.reference = ModuleForward(model)
         self.fast_forward = TaskForward.of(model) if fast else None
 
@@ -225,6 +319,9 @@ class InnerLoopLearner(Algorithm):
             "inner_lr": cfg.inner_lr,
             "inner_steps": cfg.inner_steps,
             "eval_inner_steps": cfg.eval_inner_steps,
+            "inner_optimizer": cfg.inner_optimizer,
+            "inner_batch": cfg.inner_batch,
+            "eval_inner_batch": cfg.eval_inner_batch,
         }
         return {
             "model": models(1 if facts.regression else cfg.ways),
@@ -317,12 +414,14 @@ class InnerLoopLearner(Algorithm):
         steps: int,
         create_graph: bool,
         detach: bool,
+        batches: Tensor | None = None,
     ) -> Adaptation:
         """Run the inner loop from the model's parameters on one task (reference path:
         ``support_x [n, ...]``) or a task group (fast path: ``[G, n, ...]``).
 
         ``detach``: start from a copy of the parameters outside the graph (evaluation,
-        Reptile); else the trajectory stays differentiable in the model's parameters."""
+        Reptile); else the trajectory stays differentiable in the model's parameters.
+        ``batches``: each step's support examples (:func:`inner_loop`)."""
         with torch.enable_grad():
             params = dict(self.model.named_parameters())
             if detach:
@@ -354,6 +453,8 @@ class InnerLoopLearner(Algorithm):
                     tasks=support_x.shape[0] if fast is not None else None,
                     detach=detach,
                 ),
+                self.update,
+                batches,
             )
         return Adaptation(trajectory, predict, features)
 
@@ -372,7 +473,8 @@ class InnerLoopLearner(Algorithm):
     def adapt_tasks(
         self, batch: EpisodeBatch, task: int | slice, steps: int, create_graph: bool, detach: bool
     ) -> Adaptation:
-        """:meth:`adaptation` on the support sets of ``batch[task]`` (one task or a group)."""
+        """:meth:`adaptation` on the support sets of ``batch[task]`` (one task or a group), on
+        the mini-batches of an :class:`OrderedBatch`."""
         return self.adaptation(
             batch.support_x[task],
             batch.support_y[task],
@@ -380,7 +482,35 @@ class InnerLoopLearner(Algorithm):
             steps,
             create_graph=create_graph,
             detach=detach,
+            batches=batch.batches[task] if isinstance(batch, OrderedBatch) else None,
         )
+
+    def ordered(
+        self,
+        batch: EpisodeBatch,
+        steps: int,
+        size: int | None,
+        generator: torch.Generator | None = None,
+    ) -> EpisodeBatch:
+        """``batch`` with the :func:`support_batches` of ``size`` examples for ``steps`` inner
+        steps (as it is when each step reads all of the support set)."""
+        batches = support_batches(
+            len(batch),
+            batch.support_x.shape[1],
+            steps,
+            size or 0,
+            batch.support_x.device,
+            generator,
+        )
+        if batches is None:
+            return batch
+        values = {f.name: getattr(batch, f.name) for f in fields(EpisodeBatch)}
+        return OrderedBatch(**values, batches=batches)
+
+    def test_order(self) -> torch.Generator:
+        """The generator of the test-time mini-batches: seeded alike at every call, so that a
+        test does not depend on, or change, the global random state."""
+        return torch.Generator().manual_seed(TEST_ORDER_SEED)
 
     # ------------------------------------------------------------------ meta-testing
     def adapt(self, support_x: Tensor, support_y: Tensor, ways: int) -> Predictor:
@@ -392,12 +522,17 @@ class InnerLoopLearner(Algorithm):
             >>> predict(episode.query_x).argmax(-1)   # predicted labels
         """
         fast = self.fast_forward is not None
+        steps = self.eval_inner_steps
+        batches = support_batches(
+            1, len(support_x), steps, self.eval_inner_batch or 0, support_x.device,
+            self.test_order(),
+        )  # fmt: skip
         if fast:
             support_x, support_y = support_x.unsqueeze(0), support_y.unsqueeze(0)
+        elif batches is not None:
+            batches = batches[0]
         with self.precision_scope(support_x.device):
-            adapted = self.adaptation(
-                support_x, support_y, ways, self.eval_inner_steps, False, True
-            )
+            adapted = self.adaptation(support_x, support_y, ways, steps, False, True, batches)
         adapted.trajectory = [{n: p.detach() for n, p in adapted.trajectory[-1].items()}]
 
         def predictor(x: Tensor) -> Tensor:
@@ -410,6 +545,7 @@ class InnerLoopLearner(Algorithm):
     def evaluate(self, batch: EpisodeBatch) -> Tensor:
         """Per-episode query metric ``[B]`` after ``eval_inner_steps`` steps (task groups at a
         time on the fast path, shared out to the workers on the CPU)."""
+        batch = self.ordered(batch, self.eval_inner_steps, self.eval_inner_batch, self.test_order())
         return torch.cat(self.in_parallel(self.serial_evaluate, self.shares(batch)))
 
     def serial_evaluate(self, batch: EpisodeBatch) -> Tensor:
@@ -427,7 +563,9 @@ class InnerLoopLearner(Algorithm):
     def meta_loss(self, batch: EpisodeBatch) -> MetaLoss:
         """Mean over tasks of :meth:`group_loss`. On the fast path (with grad enabled) each
         task group is differentiated as soon as its loss is computed, in the workers' threads,
-        and the result is a surrogate with the same value and gradient (module doc)."""
+        and the result is a surrogate with the same value and gradient (module doc). The
+        ``inner_batch`` mini-batches come from the global random state."""
+        batch = self.ordered(batch, self.inner_steps, self.inner_batch)
         params = [p for p in self.parameters() if p.requires_grad]
         if self.fast_forward is None or not torch.is_grad_enabled() or not params:
             sums = [self.group_loss(batch, task) for task in self.task_groups(batch)]

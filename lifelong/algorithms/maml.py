@@ -91,6 +91,9 @@ class MAML(InnerLoopLearner):
             reference loop over tasks).
         task_chunk, workers: tasks run side by side on the fast path, and threads sharing
             out the tasks on the CPU (``None``: the measured defaults).
+        inner_optimizer, inner_batch, eval_inner_batch: the inner update rule and
+            mini-batches (see :class:`~lifelong.algorithms.inner_loop.InnerLoopLearner`);
+            Adam only with ``first_order``.
         precision: mixed precision of the task computations (see
             :class:`~lifelong.algorithms.inner_loop.InnerLoopLearner`); ``"bfloat16"`` on a
             CPU with AVX-512-BF16 is about 2.9x as fast as the plain loop
@@ -149,7 +152,15 @@ class MAML(InnerLoopLearner):
         task_chunk: int | None = None,
         workers: int | None = None,
         precision: Precision = "float32",
+        inner_optimizer: str = "sgd",
+        inner_batch: int | None = None,
+        eval_inner_batch: int | None = None,
     ) -> None:
+        if inner_optimizer != "sgd" and not first_order:
+            raise ValueError(
+                f"inner_optimizer {inner_optimizer} takes first-order steps, but second-order "
+                "MAML differentiates them: use sgd, or first-order MAML (fomaml)"
+            )
         if inner_steps == 0 and (per_step_lr or multi_step_loss or per_step_bn):
             raise ValueError(
                 "per_step_lr, multi_step_loss and per_step_bn need inner steps while "
@@ -173,6 +184,9 @@ class MAML(InnerLoopLearner):
             task_chunk=task_chunk,
             workers=workers,
             precision=precision,
+            inner_optimizer=inner_optimizer,
+            inner_batch=inner_batch,
+            eval_inner_batch=eval_inner_batch,
         )
         self.first_order = first_order
         self.meta_sgd, self.per_step_lr = meta_sgd, per_step_lr

@@ -1,20 +1,29 @@
-"""Reptile (Nichol et al. 2018, "On First-Order Meta-Learning Algorithms").
+"""Reptile (Nichol et al. 2018, "On First-Order Meta-Learning Algorithms", arXiv:1803.02999v3).
 
-For each task of the batch, ``inner_steps`` plain SGD steps on its support set from theta give
-``theta'_i`` (the same :func:`~lifelong.algorithms.inner_loop.inner_loop` as MAML, first
-order); the outer update moves theta towards their mean (the batched version, Algorithm 2):
+For each task of the batch, ``inner_steps`` inner steps on its training images from theta
+give ``theta'_i`` (the same first-order
+:func:`~lifelong.algorithms.inner_loop.inner_loop` as MAML); the outer update moves theta
+towards their mean (the batched version, Algorithm 2):
 
     theta <- theta + epsilon * (mean_i theta'_i - theta)
 
 To fit the trainer's ``loss.backward(); optimizer.step()``, :meth:`Reptile.meta_loss` returns a
 *surrogate* whose gradient is ``theta - mean_i theta'_i``: plain SGD with learning rate epsilon
-then makes exactly the update above (Adam, as in the paper's experiments, uses it as a
-gradient). The surrogate's value is the mean query loss after adaptation, for logging.
-The paper's inner loop uses Adam on mini-batches; this one takes full-batch SGD steps on the
-support set. Batch norm uses per-task batch statistics, as in MAML.
+then makes exactly the update above. The surrogate's value is the mean query loss after
+adaptation, for logging. Batch norm uses each (mini-)batch's statistics, as in MAML and the
+paper's code.
+
+The paper's experiments (appendix A; :attr:`Reptile.defaults`, Omniglot 5-way): inner Adam
+with ``beta1 = 0``, learning rate 0.001, on mini-batches of 10 of the task's 50 training images
+(``inner_batch``), 5 steps (one epoch); 5 tasks per meta-update; outer SGD steps of epsilon = 1
+annealed linearly to 0 over 100,000 meta-updates (``meta_optimizer`` sgd, ``meta_lr`` 1,
+``lr_schedule`` linear); at test 50 Adam steps on batches of 5. One difference: Adam's moments
+start at zero for every task here (the tasks run side by side), where the paper's code keeps
+them from task to task (it resets only the weights).
 
 Example:
-    >>> reptile = Reptile(model, inner_lr=0.1, inner_steps=5)
+    >>> reptile = Reptile(model, inner_lr=1e-3, inner_steps=5, inner_optimizer="adam",
+    ...                   inner_batch=10)
     >>> optimizer = torch.optim.SGD(reptile.parameters(), lr=1.0)   # epsilon = 1
     >>> reptile.meta_loss(batch).loss.backward(); optimizer.step()
 """
@@ -36,21 +45,37 @@ class Reptile(InnerLoopLearner):
 
     Args:
         model: the network (see :class:`~lifelong.algorithms.inner_loop.InnerLoopLearner`).
-        inner_lr: inner SGD learning rate.
+        inner_lr: inner learning rate.
         inner_steps: inner steps while meta-training.
         eval_inner_steps: inner steps at test time (default ``inner_steps``).
+        inner_optimizer: ``"sgd"`` or ``"adam"`` (the paper's, with ``inner_beta1`` 0).
+        inner_batch, eval_inner_batch: support examples per inner step while meta-training
+            and at test (``None``: all).
         regression: MSE instead of cross-entropy.
         fast, task_chunk, workers: as in :class:`~lifelong.algorithms.maml.MAML`.
     """
 
     defaults: ClassVar[dict[str, Any]] = {
         "meta_batch": 5,
-        "inner_lr": 0.1,
+        "inner_optimizer": "adam",
+        "inner_lr": 0.001,
         "inner_steps": 5,
-    }  # Nichol et al., table 3
+        "inner_batch": 10,
+        "eval_inner_steps": 50,
+        "eval_inner_batch": 5,
+        "meta_optimizer": "sgd",
+        "meta_lr": 1.0,
+        "lr_schedule": "linear",
+    }  # Nichol et al. 2018, appendix A, table 3 (Omniglot and Mini-ImageNet, 5-way)
     dataset_defaults: ClassVar[dict[str, dict[str, Any]]] = {
-        "omniglot": {"eval_inner_steps": 50},
-        "sinusoid": {"inner_lr": 0.01},
+        "miniimagenet": {"inner_steps": 8},
+        "sinusoid": {
+            "inner_optimizer": "sgd",
+            "inner_lr": 0.01,
+            "inner_batch": 0,
+            "eval_inner_steps": 5,
+            "eval_inner_batch": 0,
+        },
     }
 
     def __init__(
@@ -63,6 +88,10 @@ class Reptile(InnerLoopLearner):
         fast: bool = True,
         task_chunk: int | None = None,
         workers: int | None = None,
+        inner_optimizer: str = "sgd",
+        inner_beta1: float = 0.0,
+        inner_batch: int | None = None,
+        eval_inner_batch: int | None = None,
     ) -> None:
         super().__init__(
             model,
@@ -73,6 +102,10 @@ class Reptile(InnerLoopLearner):
             fast=fast,
             task_chunk=task_chunk,
             workers=workers,
+            inner_optimizer=inner_optimizer,
+            inner_beta1=inner_beta1,
+            inner_batch=inner_batch,
+            eval_inner_batch=eval_inner_batch,
         )
 
     def group_loss(self, batch: EpisodeBatch, task: int | slice) -> tuple[Tensor, Tensor]:

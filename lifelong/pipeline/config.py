@@ -26,19 +26,31 @@ from typing import Any
 import yaml
 from packaging.version import Version
 
+from lifelong.algorithms.inner_update import INNER_OPTIMIZERS
 from lifelong.algorithms.precision import PRECISIONS
 from lifelong.files import atomic_write
 from lifelong.unlabeled.registry import TASK_CONSTRUCTIONS
 
 BACKBONES = ("conv4", "resnet12", "mlp")
-SCHEDULES = ("none", "cosine", "step")
+SCHEDULES = ("none", "cosine", "step", "linear")
+META_OPTIMIZERS = ("adam", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
 """Device names; ``cuda:INDEX`` (e.g. ``cuda:1``) picks one GPU."""
 DISTANCES = ("sqeuclidean", "euclidean", "lp", "cosine")
 TRAIN_SPLITS = ("train", "trainval")
 LABELS = ("dataset", "none")
-BUILT_IN_FALLBACKS = {"meta_batch": 32}
-"""Values of options an algorithm may set (``None`` fields), for algorithms that do not."""
+BUILT_IN_FALLBACKS = {
+    "meta_batch": 32,
+    "meta_optimizer": "adam",
+    "meta_lr": 1e-3,
+    "lr_schedule": "none",
+    "inner_optimizer": "sgd",
+    "inner_batch": 0,
+    "eval_inner_batch": 0,
+}
+"""Values of options an algorithm may set (``None`` fields), for algorithms that do not; a
+checkpoint saved before an option existed ran with its value here
+(:meth:`RunConfig.of_checkpoint`)."""
 
 
 def option(
@@ -103,13 +115,17 @@ class RunConfig:
     (:func:`lifelong.pipeline.factory.resolve_config`); every value records where it came
     from (:meth:`RunConfig.source_of`), and ``config.yaml`` says so line by line.
 
-    Meta-optimisation: ``meta_batch`` episodes per step, ``iterations`` steps of Adam with
-    learning rate ``meta_lr``, ``lr_schedule`` ``none``, ``cosine`` (to 0 at the last step) or
-    ``step`` (times ``lr_gamma`` every ``lr_step`` iterations), gradient-norm clipping at
-    ``grad_clip``.
+    Meta-optimisation: ``meta_batch`` episodes per step, ``iterations`` steps of
+    ``meta_optimizer`` (``adam``, or ``sgd`` without momentum: Reptile's outer step) with
+    learning rate ``meta_lr``, ``lr_schedule`` ``none``, ``cosine`` (to 0 at the last step),
+    ``linear`` (from 1 to 0 at the last step: Reptile's annealed step size) or ``step`` (times
+    ``lr_gamma`` every ``lr_step`` iterations), gradient-norm clipping at ``grad_clip``.
 
     Inner loop (MAML family, Reptile; FineTune's head fitting): ``inner_lr``, ``inner_steps``
-    while meta-training and ``eval_inner_steps`` at test time; MAML++ (Antoniou et al. 2019):
+    while meta-training and ``eval_inner_steps`` at test time; ``inner_optimizer`` (``sgd``, or
+    ``adam`` with beta1 = 0, first order: Reptile's), ``inner_batch`` and ``eval_inner_batch``
+    (support examples per step, a per-task shuffle cut into batches; 0: all); MAML++ (Antoniou
+    et al. 2019):
     ``per_step_lr`` (a learned inner learning rate per step and parameter tensor),
     ``multi_step_loss`` (the query loss after every inner step, weighted; its weights move to
     the last step over ``step_weight_annealing`` iterations), ``first_order_steps``
@@ -172,8 +188,15 @@ class RunConfig:
         None, "Episodes per meta-update (default: the algorithm's).", bound="positive"
     )
     iterations: int = option(1000, "Meta-updates.", bound="positive")
-    meta_lr: float = option(1e-3, "Adam learning rate of the meta-update.", bound="positive")
-    lr_schedule: str = option("none", "none, cosine or step.", choices=SCHEDULES)
+    meta_optimizer: str | None = option(
+        None, "Meta-update: adam or sgd (default: the algorithm's; adam).", choices=META_OPTIMIZERS
+    )
+    meta_lr: float | None = option(
+        None, "Learning rate of the meta-update (default: the algorithm's; 1e-3).", bound="positive"
+    )
+    lr_schedule: str | None = option(
+        None, "none, cosine, linear or step (default: the algorithm's; none).", choices=SCHEDULES
+    )
     lr_step: int = option(2000, "step schedule: iterations between decays.", bound="positive")
     lr_gamma: float = option(0.5, "step schedule: decay factor.", bound="positive")
     grad_clip: float | None = option(None, "Clip the meta-gradient norm.", bound="positive")
@@ -189,6 +212,21 @@ class RunConfig:
     )
     eval_inner_steps: int | None = option(
         None, "Inner-loop steps at test time (default: the algorithm's).", bound="positive"
+    )
+    inner_optimizer: str | None = option(
+        None,
+        "Inner-loop update: sgd, or adam (first order) (default: the algorithm's; sgd).",
+        choices=INNER_OPTIMIZERS,
+    )
+    inner_batch: int | None = option(
+        None,
+        "Support examples per inner step while meta-training, 0: all (default: the algorithm's).",
+        bound="non-negative",
+    )
+    eval_inner_batch: int | None = option(
+        None,
+        "Support examples per inner step at test time, 0: all (default: the algorithm's).",
+        bound="non-negative",
     )
     per_step_lr: bool = option(False, "MAML++: learned rate per step.", algorithm_option=True)
     multi_step_loss: bool = option(
@@ -341,8 +379,12 @@ class RunConfig:
     def of_checkpoint(cls, state: dict[str, Any], source: str = "checkpoint") -> RunConfig:
         """The config saved in a training checkpoint's ``state``, read with the meaning it had
         in the version that saved it: before 0.2.0, Omniglot's ``class_split`` ``vinyals`` (and
-        the unset default) was a seeded partition of the Vinyals sizes, now ``random``."""
+        the unset default) was a seeded partition of the Vinyals sizes, now ``random``; an
+        option the checkpoint lacks (added since) takes its value in
+        :data:`BUILT_IN_FALLBACKS`, with which the run was trained."""
         values = state["config"]
+        if isinstance(values, dict):
+            values = {**{k: v for k, v in BUILT_IN_FALLBACKS.items() if k not in values}, **values}
         if (
             Version(str(state.get("version", "0"))) < Version("0.2.0")
             and isinstance(values, dict)

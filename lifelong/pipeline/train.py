@@ -1,15 +1,16 @@
 """Meta-training: the outer loop shared by every algorithm.
 
 Each iteration draws a meta-batch of episodes, computes the algorithm's
-:meth:`~lifelong.algorithms.base.Algorithm.meta_loss` and takes one Adam step on the meta-
-parameters (Finn et al. 2017, Algorithm 1, line 10; Snell et al. 2017 train with Adam too),
-with an optional learning-rate schedule and gradient-norm clipping. Every ``val_every``
-iterations the algorithm is evaluated on a *fixed* set of validation episodes and the best
-checkpoint is kept; every ``checkpoint_every`` iterations the full state (weights, optimiser,
-schedule, every random state) is saved, so ``resume`` continues a killed run to exactly the
-parameters of an uninterrupted one. A non-finite loss or gradient stops the run with
-:class:`TrainingDiverged`, leaving the last good checkpoint untouched; SIGTERM or SIGINT
-(Ctrl-C) stops it at the end of the current step with a checkpoint of that step
+:meth:`~lifelong.algorithms.base.Algorithm.meta_loss` and takes one step of the
+``meta_optimizer`` on the meta-parameters: Adam (Finn et al. 2017, Algorithm 1, line 10; Snell
+et al. 2017 train with Adam too) or plain SGD (Reptile's outer step, Nichol et al. 2018,
+Algorithm 2), with an optional learning-rate schedule and gradient-norm clipping. Every
+``val_every`` iterations the algorithm is evaluated on a *fixed* set of validation episodes
+and the best checkpoint is kept; every ``checkpoint_every`` iterations the full state
+(weights, optimiser, schedule, every random state) is saved, so ``resume`` continues a killed
+run to exactly the parameters of an uninterrupted one. A non-finite loss or gradient stops
+the run with :class:`TrainingDiverged`, leaving the last good checkpoint untouched; SIGTERM or
+SIGINT (Ctrl-C) stops it at the end of the current step with a checkpoint of that step
 (:class:`TrainingInterrupted`, which says how to resume).
 
 Files in the run folder: ``config.yaml`` (the resolved settings), ``metrics.csv`` (one row per
@@ -21,7 +22,7 @@ share of each meta-batch: step ``t`` trains on tasks ``t*B .. t*B + B - 1`` of t
 task stream, each drawn from its own generator keyed by (seed, index)
 (:class:`~lifelong.data.episodes.TaskStream`), and rank ``r`` of ``W`` draws the ``r``-th
 ``B / W`` of them. The meta-gradients (and the logged loss and metric) are averaged over the
-ranks before the Adam step, so every rank keeps the parameters of one process that draws the
+ranks before the optimiser step, so every rank keeps the parameters of one process that draws the
 whole meta-batch, and a run resumes on any number of processes. Rank 0 alone validates (the
 others wait for its result), writes the files and shows progress; a checkpoint holds every
 rank's random states (dropout and the like), restored when the run resumes on as many
@@ -162,8 +163,12 @@ class TrainResult:
 
 def lr_factor(cfg: RunConfig) -> Callable[[int], float]:
     """The learning-rate multiplier after ``step`` optimiser steps: ``none`` (1), ``cosine``
-    (half a cosine from 1 to 0 over ``iterations``, Loshchilov & Hutter 2017) or ``step``
-    (``lr_gamma ** (step // lr_step)``, as the halving every 2000 episodes of Snell et al.)."""
+    (half a cosine from 1 to 0 over ``iterations``, Loshchilov & Hutter 2017), ``linear``
+    (``1 - step / iterations``: Reptile's step size annealed to 0, Nichol et al. 2018, as
+    their code's ``frac_done``) or ``step`` (``lr_gamma ** (step // lr_step)``, as the halving
+    every 2000 episodes of Snell et al.)."""
+    if cfg.lr_schedule == "linear":
+        return lambda step: max(0.0, 1.0 - step / cfg.iterations)
     if cfg.lr_schedule == "cosine":
         return lambda step: (
             0.5 * (1.0 + math.cos(math.pi * min(step, cfg.iterations) / cfg.iterations))
@@ -290,7 +295,8 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.validation, self.progress = validation, progress
         self.time_budget = None if config.time_limit is None else config.time_limit * 60
-        self.optimizer = torch.optim.Adam(self.algorithm.parameters(), lr=config.meta_lr)
+        optimizer = torch.optim.SGD if config.meta_optimizer == "sgd" else torch.optim.Adam
+        self.optimizer = optimizer(self.algorithm.parameters(), lr=config.meta_lr)
         self.scheduler = LambdaLR(self.optimizer, lr_factor(config))
         self.step = 0
         self.best_metric: float | None = None

@@ -43,7 +43,7 @@ FLAGS = [
     (["--inner-steps", "-1"], "--inner-steps must be 0 or more"),
     (["--device", "cuda:x"], "--device must be one of auto, cpu, cuda or cuda:INDEX"),
     (["--device", "tpu"], "--device must be one of"),
-    (["--lr-schedule", "linear"], "--lr-schedule must be one of none, cosine, step"),
+    (["--lr-schedule", "exponential"], "--lr-schedule must be one of none, cosine, step, linear"),
     (["--train-split", "test"], "--train-split must be one of train, trainval"),
     (["--backbone", "vgg"], "--backbone must be one of conv4, resnet12, mlp"),
     (["--precision", "float8"], "--precision must be one of"),
