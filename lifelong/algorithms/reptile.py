@@ -69,12 +69,13 @@ class Reptile(InnerLoopLearner):
     }  # Nichol et al. 2018, appendix A, table 3 (Omniglot and Mini-ImageNet, 5-way)
     dataset_defaults: ClassVar[dict[str, dict[str, Any]]] = {
         "miniimagenet": {"inner_steps": 8},
-        "sinusoid": {
+        "sinusoid": {  # the sine demo of the paper's blog post: SGD inside, outer step 0.1
             "inner_optimizer": "sgd",
             "inner_lr": 0.01,
             "inner_batch": 0,
             "eval_inner_steps": 5,
             "eval_inner_batch": 0,
+            "meta_lr": 0.1,
         },
     }
 
