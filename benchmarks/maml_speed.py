@@ -16,6 +16,8 @@ first order (FOMAML, ``_1st``):
 - ``fast_1worker``: the same in the calling thread, intra-op threads (``workers=1``);
 - ``fast_chunk1``: ``fast`` with one task at a time (``task_chunk=1``; the default groups
   small tasks, see :data:`~lifelong.algorithms.inner_loop.GROUP_ACTIVATIONS`);
+- ``fast_per_step_bn``: ``fast`` with MAML++'s per-step batch-norm weights (``per_step_bn``;
+  its meta-gradient has more parameters than the loop's, so ``grad_vs_loop`` skips it);
 - ``fast_grouped``: all 32 tasks in one batched forward (``task_chunk=32``): larger fused
   matrix products instead of one task at a time, in the calling thread;
 - ``fast_compiled``: ``fast_1worker`` with its task forward through ``torch.compile``
@@ -86,6 +88,7 @@ VARIANTS = {
     "fast": Variant(),
     "fast_1worker": Variant({"workers": 1}),
     "fast_chunk1": Variant({"task_chunk": 1}),
+    "fast_per_step_bn": Variant({"per_step_bn": True}),
     "fast_grouped": Variant({"workers": 1, "task_chunk": META_BATCH}),
     "fast_compiled": Variant({"workers": 1}, compiled=True),
     "fast_bf16": Variant({"precision": "bfloat16"}),
@@ -164,6 +167,9 @@ def grad_vs_loop(names: list[str], tasks: Tasks) -> dict[str, float | None]:
             step()
         except Exception:  # recorded by timings()
             out[name] = None
+            continue
+        if len(list(maml.parameters())) != len(list(maml.model.parameters())):
+            out[name] = None  # meta-parameters beside the model's (per_step_bn): not the loop's
             continue
         grad = torch.cat([p.grad.flatten() for p in maml.parameters()])
         ref = reference[first_order]
