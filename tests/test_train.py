@@ -308,6 +308,11 @@ def test_options_of_other_algorithms_are_refused(tmp_path):
             "`precision` is an option of maml, fomaml, anil, metasgd, protonet, finetune, not of "
             "reptile",
         ),
+        (
+            {"algorithm": "protonet", "inner_optimizer": "adam"},
+            "`inner_optimizer` is an option of maml, fomaml, anil, metasgd, reptile, not of "
+            "protonet",
+        ),
         ({"algorithm": "protonet", "train_split": "trainval"}, "has no such split"),
     ]:
         cfg = RunConfig(**{**STROKES, **options}, iterations=1, out=str(tmp_path))

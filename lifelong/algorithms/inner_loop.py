@@ -41,7 +41,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, fields
 from functools import partial
 from itertools import pairwise
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -236,6 +236,7 @@ class InnerLoopLearner(Algorithm):
     Subclasses implement :meth:`group_loss`.
     """
 
+    own_options: ClassVar[tuple[str, ...]] = ("inner_optimizer", "inner_batch", "eval_inner_batch")
     min_inner_steps = 1
     """The fewest inner steps meta-training may take (MAML: 0, joint training)."""
     fixed_head = True

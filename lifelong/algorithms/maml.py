@@ -117,8 +117,8 @@ class MAML(InnerLoopLearner):
         "sinusoid": {"meta_batch": 25, "inner_lr": 0.01},
     }
     own_options = (
-        "per_step_lr", "multi_step_loss", "step_weight_annealing", "first_order_steps",
-        "per_step_bn", "precision",
+        *InnerLoopLearner.own_options, "per_step_lr", "multi_step_loss",
+        "step_weight_annealing", "first_order_steps", "per_step_bn", "precision",
     )  # fmt: skip
 
     @classmethod

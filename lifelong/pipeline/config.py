@@ -217,16 +217,19 @@ class RunConfig:
         None,
         "Inner-loop update: sgd, or adam (first order) (default: the algorithm's; sgd).",
         choices=INNER_OPTIMIZERS,
+        algorithm_option=True,
     )
     inner_batch: int | None = option(
         None,
         "Support examples per inner step while meta-training, 0: all (default: the algorithm's).",
         bound="non-negative",
+        algorithm_option=True,
     )
     eval_inner_batch: int | None = option(
         None,
         "Support examples per inner step at test time, 0: all (default: the algorithm's).",
         bound="non-negative",
+        algorithm_option=True,
     )
     per_step_lr: bool = option(False, "MAML++: learned rate per step.", algorithm_option=True)
     multi_step_loss: bool = option(

@@ -119,7 +119,7 @@ def check_config(cfg: RunConfig, facts: DataFacts) -> None:
                 f"{cfg.algorithm} ends in a {cfg.ways}-way head (`ways` {cfg.ways}), so it "
                 f"cannot be tested on {test_ways}-way tasks: train with `ways` {test_ways}"
             )
-    defaults = RunConfig()
+    defaults = resolve_config(RunConfig(algorithm=cfg.algorithm, dataset=cfg.dataset))
     for name in cfg.algorithm_options():
         if name not in cls.own_options and getattr(cfg, name) != getattr(defaults, name):
             users = [n for n, c in algorithm_classes().items() if name in c.own_options]
