@@ -54,6 +54,7 @@ from torch import Tensor, nn
 
 from lifelong.algorithms.base import ModelFactory
 from lifelong.algorithms.inner_loop import InnerLoopLearner
+from lifelong.algorithms.inner_update import inner_update
 from lifelong.algorithms.precision import Precision
 from lifelong.data.episodes import EpisodeBatch
 
@@ -156,7 +157,7 @@ class MAML(InnerLoopLearner):
         inner_batch: int | None = None,
         eval_inner_batch: int | None = None,
     ) -> None:
-        if inner_optimizer != "sgd" and not first_order:
+        if not first_order and not inner_update(inner_optimizer).second_order:
             raise ValueError(
                 f"inner_optimizer {inner_optimizer} takes first-order steps, but second-order "
                 "MAML differentiates them: use sgd, or first-order MAML (fomaml)"
