@@ -48,8 +48,8 @@ LEGEND = (
     "paper*: training minutes until validation (the test's shape, other classes) first reached "
     "the paper's value, on the machine named. " + UNCONFIRMED + " = a published value not "
     "checked against the paper itself (read off a figure, or taken from a transcription). "
-    "Iterations: trained / the paper's; *time limit* = stopped by the row's budget. "
-    "Rows are run with `lifelong reproduce ROW`."
+    "Iterations: trained / the paper's (a `-recipe-` row's: its own); *time limit* = stopped "
+    "by the row's budget. Rows are run with `lifelong reproduce ROW`."
 )
 
 
@@ -114,20 +114,20 @@ def _validated(record: dict[str, Any], row: Row, test_name: str) -> bool:
     return bool(record.get("validation_curve")) and record.get("validation_shape") == list(shape)
 
 
-def _outcome(record: dict[str, Any], result: dict[str, Any], metric: str) -> str:
-    """``verdict: outcome`` (the outcome computed again for records written before it was)."""
+def _outcome(record: dict[str, Any], result: dict[str, Any], row: Row) -> str:
+    """``verdict: outcome``, computed again from the record (records written before the
+    outcome existed, or before the row was marked a recipe, say it otherwise)."""
     if not result.get("verdict"):
         return ""
-    found = result.get("outcome")
-    if found is None:
-        curve = [tuple(point) for point in record.get("validation_curve") or []]
-        found = reproduce.outcome(
-            result["verdict"],
-            record["iterations"],
-            record["planned_iterations"],
-            bool(record.get("stopped_by_time_limit")),
-            reproduce.still_rising(curve, metric),
-        )
+    curve = [tuple(point) for point in record.get("validation_curve") or []]
+    found = reproduce.outcome(
+        result["verdict"],
+        record["iterations"],
+        record["planned_iterations"],
+        bool(record.get("stopped_by_time_limit")),
+        reproduce.still_rising(curve, result["metric"]),
+        row.iterations_of,
+    )
     return f"{result['verdict']}: {found}"
 
 
@@ -169,7 +169,7 @@ def render(records: list[dict[str, Any]], rows: list[Row]) -> str:
                     iterations += " (time limit)"
                 cells += [
                     _number(result["mean"], result["ci95"], result["metric"]),
-                    _outcome(record, result, result["metric"]),
+                    _outcome(record, result, row),
                     _time_to_paper(record, row, result),
                     iterations,
                     _minutes(record),

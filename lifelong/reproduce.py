@@ -6,7 +6,8 @@ options), the time budget it runs under here (``budget_minutes``), one or more t
 (``evaluate:``), each with the published value it is compared with, and the ways in which our
 setting differs from the paper (``differences:``), and optionally which checkpoint is tested
 (``checkpoint: last``, for papers that report their final model; default ``best`` on
-validation)::
+validation) and whether the training is a time-to-accuracy recipe rather than the paper's
+setting (``recipe: true``; its iterations are then not the paper's)::
 
     row: maml-omniglot-5w1s
     title: MAML, Omniglot 5-way 1-shot
@@ -92,6 +93,7 @@ LEDGER = "reproduce.json"
 STATUSES = ("confirmed", "unconfirmed", "not published")
 ROW_KEYS = (
     "row", "title", "source", "budget_minutes", "train", "evaluate", "differences", "checkpoint",
+    "recipe",
 )  # fmt: skip
 REQUIRED_ROW_KEYS = ROW_KEYS[:6]
 CHECKPOINTS = ("best", "last")
@@ -152,6 +154,14 @@ class Row:
     checkpoint: str = "best"
     """The checkpoint tested: ``best`` on validation (the last where the run validates
     nothing) or ``last``, as papers that report their final model."""
+    recipe: bool = False
+    """Whether ``train`` departs from the paper's setting to reach its value sooner (a
+    time-to-accuracy recipe): its iterations are then the recipe's, not the paper's."""
+
+    @property
+    def iterations_of(self) -> str:
+        """Whose iterations ``train.iterations`` are, for :func:`outcome`."""
+        return "the recipe's" if self.recipe else "the paper's"
 
     @property
     def metric(self) -> str:
@@ -214,6 +224,9 @@ def load_row(spec: str | Path, rows_dir: Path | Traversable = ROWS_DIR) -> Row:
     checkpoint = values.get("checkpoint", "best")
     if checkpoint not in CHECKPOINTS:
         raise ConfigError(f"{where}: checkpoint must be best or last, got {checkpoint!r}")
+    recipe = values.get("recipe", False)
+    if not isinstance(recipe, bool):
+        raise ConfigError(f"{where}: recipe must be true or false, got {recipe!r}")
     return Row(
         name=values["row"],
         title=values["title"],
@@ -224,6 +237,7 @@ def load_row(spec: str | Path, rows_dir: Path | Traversable = ROWS_DIR) -> Row:
         differences=tuple(differences),
         path=path,
         checkpoint=checkpoint,
+        recipe=recipe,
     )
 
 
@@ -441,21 +455,27 @@ def still_rising(curve: list[tuple[float, float]], metric: str) -> bool | None:
 
 
 def outcome(
-    verdict_: str | None, iterations: int, planned: int, stopped: bool, rising: bool | None
+    verdict_: str | None,
+    iterations: int,
+    planned: int,
+    stopped: bool,
+    rising: bool | None,
+    whose: str = "the paper's",
 ) -> str | None:
     """``reached`` (better or within the paper), ``not reached at the paper's iterations``, or
     ``stopped at the budget (x% of the paper's iterations; still rising | levelled off)`` (a
     run ``stopped`` by its time limit after ``iterations`` of the ``planned``; ``rising``:
-    :func:`still_rising`); ``None`` without a published value."""
+    :func:`still_rising`); ``None`` without a published value. ``whose`` iterations the
+    ``planned`` are: :attr:`Row.iterations_of`."""
     if verdict_ is None:
         return None
     if verdict_ in ("better", "within"):
         return "reached"
     if not stopped:
-        return "not reached at the paper's iterations"
+        return f"not reached at {whose} iterations"
     share = 100 * iterations / planned
     trend = {True: "; still rising", False: "; levelled off", None: ""}[rising]
-    return f"stopped at the budget ({share:.2g}% of the paper's iterations{trend})"
+    return f"stopped at the budget ({share:.2g}% of {whose} iterations{trend})"
 
 
 def verdict(ours: float, ours_ci: float | None, paper: PaperValue, metric: str) -> str | None:
@@ -611,6 +631,7 @@ def reproduce(
             row.train.iterations,
             training.stopped_by_time_limit,
             rising,
+            row.iterations_of,
         )
         same_shape = setting.config(tested.config).episode_shape("test")[:2] == validated
         paper = setting.paper.value

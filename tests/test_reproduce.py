@@ -106,6 +106,7 @@ def test_every_row_file_is_valid_and_builds_its_model() -> None:
         assert row.name == name and row.path == ROWS_DIR / f"{name}.yaml"
         assert row.budget_minutes > 0 and row.title and row.source
         assert row.train.out is None and row.train.time_limit is None
+        assert row.recipe == ("-recipe-" in name)  # a recipe's iterations are not the paper's
         for test in row.tests:
             cfg = test.config(row.train)
             build_algorithm(cfg, FACTS[cfg.dataset])  # settings fit together and fit the data
@@ -148,6 +149,7 @@ def test_the_paper_settings_are_kept() -> None:
         ({"budget": 3}, "unknown key 'budget' (did you mean 'budget_minutes'?)"),
         ({"budget_minutes": 0}, "budget_minutes must be a positive number, got 0"),
         ({"checkpoint": "final"}, "checkpoint must be best or last, got 'final'"),
+        ({"recipe": "yes"}, "recipe must be true or false, got 'yes'"),
         ({"train": {"wayz": 5}}, "unknown option 'wayz' (did you mean 'ways'?)"),
         ({"train": {"out": "x"}}, "train sets no out or time_limit"),
         ({"evaluate": []}, "evaluate must be a list of one or more tests"),
@@ -351,6 +353,9 @@ def test_outcomes_and_time_to_the_paper() -> None:
         "(2.5% of the paper's iterations; levelled off)"
     )
     assert outcome(None, 1, 2, True, True) is None
+    assert outcome("worse", 5800, 5800, False, None, "the recipe's") == (
+        "not reached at the recipe's iterations"
+    )
 
 
 # ------------------------------------------------------------------------------ the table
