@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -178,6 +179,27 @@ def test_learning_rate_schedules():
     assert lr_factor(RunConfig())(10**6) == 1.0
 
 
+def test_a_budget_horizon_ends_the_schedule_with_the_time_limit(tmp_path, monkeypatch):
+    clock = [0.0]
+
+    def tick() -> float:  # every reading of the clock: one second later
+        clock[0] += 1.0
+        return clock[0]
+
+    monkeypatch.setattr(time, "monotonic", tick)
+    options = {"lr_schedule": "cosine", "lr_horizon": "budget", "time_limit": 1.0}
+    trainer = make_trainer(tmp_path, 1000, **options)
+    assert trainer.done(250) == 0.25  # before fit: the iterations alone
+    result = trainer.fit()
+    assert result.stopped_early and result.step < 100
+    with (tmp_path / "metrics.csv").open() as f:
+        lrs = [float(r["lr"]) for r in csv.DictReader(f) if r["split"] == "train"]
+    assert lrs[0] > 0.009 and lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.0005
+    trainer.clock = (20.0, clock[0])  # 20 s before this session, of a 60 s limit
+    assert trainer.done(1) == pytest.approx(21 / 80)  # one tick since the session started
+    assert trainer.done(900) == 0.9  # the iterations, when they end first
+
+
 def test_the_optimizer_follows_the_schedule(tmp_path):
     trainer = make_trainer(tmp_path, 4, lr_schedule="step", lr_step=2, lr_gamma=0.1)
     trainer.fit()
@@ -314,6 +336,10 @@ def test_options_of_other_algorithms_are_refused(tmp_path):
             "protonet",
         ),
         ({"algorithm": "protonet", "train_split": "trainval"}, "has no such split"),
+        (
+            {"algorithm": "protonet", "lr_horizon": "budget", "lr_schedule": "step"},
+            "`lr_horizon` budget ends a cosine or linear schedule, not `lr_schedule` step",
+        ),
     ]:
         cfg = RunConfig(**{**STROKES, **options}, iterations=1, out=str(tmp_path))
         with pytest.raises(ConfigError, match=message):

@@ -33,6 +33,7 @@ from lifelong.unlabeled.registry import TASK_CONSTRUCTIONS
 
 BACKBONES = ("conv4", "resnet12", "mlp")
 SCHEDULES = ("none", "cosine", "step", "linear")
+HORIZONS = ("iterations", "budget")
 META_OPTIMIZERS = ("adam", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
 """Device names; ``cuda:INDEX`` (e.g. ``cuda:1``) picks one GPU."""
@@ -119,7 +120,10 @@ class RunConfig:
     ``meta_optimizer`` (``adam``, or ``sgd`` without momentum: Reptile's outer step) with
     learning rate ``meta_lr``, ``lr_schedule`` ``none``, ``cosine`` (to 0 at the last step),
     ``linear`` (from 1 to 0 at the last step: Reptile's annealed step size) or ``step`` (times
-    ``lr_gamma`` every ``lr_step`` iterations), gradient-norm clipping at ``grad_clip``.
+    ``lr_gamma`` every ``lr_step`` iterations); ``lr_horizon`` ``budget`` ends the cosine and
+    linear schedules at the time limit when that comes first (a schedule fitted to a time
+    budget, as Li et al. 2020 fit it to an iteration budget; it then depends on the machine's
+    speed); gradient-norm clipping at ``grad_clip``.
 
     Inner loop (MAML family, Reptile; FineTune's head fitting): ``inner_lr``, ``inner_steps``
     while meta-training and ``eval_inner_steps`` at test time; ``inner_optimizer`` (``sgd``, or
@@ -196,6 +200,12 @@ class RunConfig:
     )
     lr_schedule: str | None = option(
         None, "none, cosine, linear or step (default: the algorithm's; none).", choices=SCHEDULES
+    )
+    lr_horizon: str = option(
+        "iterations",
+        "Where cosine and linear schedules reach 0: the last iteration, or (budget) whichever "
+        "comes first, the last iteration or the end of the time limit.",
+        choices=HORIZONS,
     )
     lr_step: int = option(2000, "step schedule: iterations between decays.", bound="positive")
     lr_gamma: float = option(0.5, "step schedule: decay factor.", bound="positive")

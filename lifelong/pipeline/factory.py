@@ -112,6 +112,11 @@ def check_config(cfg: RunConfig, facts: DataFacts) -> None:
             raise ConfigError(
                 f"conv4 takes one `hidden` value (filters per block), got {list(cfg.hidden)}"
             )
+    if cfg.lr_horizon == "budget" and cfg.lr_schedule not in ("cosine", "linear"):
+        raise ConfigError(
+            f"`lr_horizon` budget ends a cosine or linear schedule, not `lr_schedule` "
+            f"{cfg.lr_schedule}"
+        )
     if cls.fixed_head and not facts.regression:
         test_ways = cfg.episode_shape("test")[0]
         if test_ways != cfg.ways:

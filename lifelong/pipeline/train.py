@@ -161,18 +161,18 @@ class TrainResult:
     stopped_early: bool = False
 
 
-def lr_factor(cfg: RunConfig) -> Callable[[int], float]:
+def lr_factor(cfg: RunConfig, done: Callable[[int], float] | None = None) -> Callable[[int], float]:
     """The learning-rate multiplier after ``step`` optimiser steps: ``none`` (1), ``cosine``
-    (half a cosine from 1 to 0 over ``iterations``, Loshchilov & Hutter 2017), ``linear``
-    (``1 - step / iterations``: Reptile's step size annealed to 0, Nichol et al. 2018, as
-    their code's ``frac_done``) or ``step`` (``lr_gamma ** (step // lr_step)``, as the halving
-    every 2000 episodes of Snell et al.)."""
+    (half a cosine from 1 to 0 over the run, Loshchilov & Hutter 2017), ``linear`` (``1 -``
+    the part done: Reptile's step size annealed to 0, Nichol et al. 2018, as their code's
+    ``frac_done``) or ``step`` (``lr_gamma ** (step // lr_step)``, as the halving every 2000
+    episodes of Snell et al.). ``done(step)``: the part of the run done, from 0 to 1 (default
+    ``step / iterations``; :meth:`Trainer.done` with ``lr_horizon: budget``)."""
+    part = done or (lambda step: step / cfg.iterations)
     if cfg.lr_schedule == "linear":
-        return lambda step: max(0.0, 1.0 - step / cfg.iterations)
+        return lambda step: max(0.0, 1.0 - part(step))
     if cfg.lr_schedule == "cosine":
-        return lambda step: (
-            0.5 * (1.0 + math.cos(math.pi * min(step, cfg.iterations) / cfg.iterations))
-        )
+        return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(part(step), 1.0)))
     if cfg.lr_schedule == "step":
         return lambda step: cfg.lr_gamma ** (step // cfg.lr_step)
     return lambda step: 1.0
@@ -297,7 +297,14 @@ class Trainer:
         self.time_budget = None if config.time_limit is None else config.time_limit * 60
         optimizer = torch.optim.SGD if config.meta_optimizer == "sgd" else torch.optim.Adam
         self.optimizer = optimizer(self.algorithm.parameters(), lr=config.meta_lr)
-        self.scheduler = LambdaLR(self.optimizer, lr_factor(config))
+        if config.lr_horizon == "budget" and self.world.distributed:
+            raise ConfigError(
+                "`lr_horizon` budget reads the clock of one process: run it in one process, "
+                f"not {self.world.size}"
+            )
+        self.clock: tuple[float, float] | None = None  # (seconds before this session, start)
+        budget = config.lr_horizon == "budget" and self.time_budget is not None
+        self.scheduler = LambdaLR(self.optimizer, lr_factor(config, self.done if budget else None))
         self.step = 0
         self.best_metric: float | None = None
         self.best_step: int | None = None
@@ -378,6 +385,17 @@ class Trainer:
             self.saved_step = self.step
 
     # ------------------------------------------------------------------ loop
+    def done(self, step: int) -> float:
+        """The part of the run done after ``step`` steps with ``lr_horizon: budget``: the
+        larger of ``step / iterations`` and the training seconds so far over those of earlier
+        sessions plus this session's time limit."""
+        part = step / self.config.iterations
+        if self.clock is None or self.time_budget is None:
+            return part
+        before, started = self.clock
+        spent = before + time.monotonic() - started
+        return max(part, spent / (before + self.time_budget))
+
     @property
     def first_task(self) -> int:
         """The index of this rank's first task of the next step in the run's task stream."""
@@ -489,6 +507,7 @@ class Trainer:
         metric_name = "mse" if self.algorithm.regression else "acc"
         started, stopped_early, val = time.monotonic(), False, None
         before = log.seconds
+        self.clock = (before, started)
 
         def seconds() -> float:
             return round(before + time.monotonic() - started, 2)
