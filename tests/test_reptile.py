@@ -6,6 +6,7 @@ equals the loop, the paper's settings are the defaults, and meta-training learns
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -120,15 +121,14 @@ def adapted_by_adam(model: torch.nn.Module, x, y, lr: float, steps: int, batches
 @pytest.mark.parametrize("fast", [False, True])
 @pytest.mark.parametrize("inner_batch", [None, 4])
 def test_adam_on_mini_batches_equals_torch_adam(fast: bool, inner_batch: int | None) -> None:
-    batch = episodes("conv", tasks=3)
+    batch = replace(episodes("conv", tasks=3), keys=torch.tensor([11, 12, 13]))
     model = tiny("conv")
     reptile = Reptile(
         model, 0.01, 4, inner_optimizer="adam", inner_batch=inner_batch, fast=fast, workers=2
     )
-    torch.manual_seed(7)
     _, _, grads = meta_gradient(reptile, batch)
-    torch.manual_seed(7)  # the mini-batches meta_loss drew
-    drawn = support_batches(3, batch.support_x.shape[1], 4, inner_batch or 0, torch.device("cpu"))
+    support = batch.support_x.shape[1]  # the mini-batches of the tasks' keys:
+    drawn = support_batches(batch.keys, support, 4, inner_batch or 0, torch.device("cpu"))
     adapted = [
         adapted_by_adam(model, e.support_x, e.support_y, 0.01, 4, None if drawn is None else b)
         for e, b in zip(batch, drawn if drawn is not None else [None] * 3, strict=True)
@@ -139,18 +139,53 @@ def test_adam_on_mini_batches_equals_torch_adam(fast: bool, inner_batch: int | N
 
 
 def test_mini_batches_cover_each_support_set_once_per_epoch() -> None:
-    g = torch.Generator().manual_seed(0)
-    batches = support_batches(3, 12, 7, 4, torch.device("cpu"), g)  # 7 steps: 2 1/3 epochs
+    cpu, keys = torch.device("cpu"), torch.tensor([3, 4, 5])
+    batches = support_batches(keys, 12, 7, 4, cpu)  # 7 steps: 2 1/3 epochs
     assert batches.shape == (3, 7, 4)
     for task in batches:
         flat = task.flatten()
         for epoch in (flat[:12], flat[12:24]):
             assert sorted(epoch.tolist()) == list(range(12))
     assert not torch.equal(batches[0], batches[1])  # each task its own shuffle
-    crossing = support_batches(1, 5, 5, 2, torch.device("cpu"), g).flatten()  # 10 of 5
+    assert torch.equal(support_batches(keys[1:], 12, 7, 4, cpu), batches[1:])  # its key's
+    crossing = support_batches(keys[:1], 5, 5, 2, cpu).flatten()  # 10 of 5
     assert sorted(crossing[:5].tolist()) == sorted(crossing[5:].tolist()) == list(range(5))
-    assert support_batches(2, 5, 3, 5, torch.device("cpu")) is None  # all: no order
-    assert support_batches(2, 5, 3, 0, torch.device("cpu")) is None
+    assert support_batches(keys[:2], 5, 3, 5, cpu) is None  # all: no order
+    assert support_batches(keys[:2], 5, 3, 0, cpu) is None
+
+
+def test_mini_batches_follow_the_task_not_the_process_that_draws_it() -> None:
+    """A meta-batch shared out over processes (each draws its tasks of the stream, as the
+    Trainer's ranks do) trains on the mini-batches of one process drawing it all: the
+    meta-gradient of the whole is the mean of the halves'."""
+    sampler = EpisodeSampler(TRAIN, WAYS, 4, 1, seed=0)
+    whole, halves = sampler.tasks(0, 4), [sampler.tasks(0, 2), sampler.tasks(2, 2)]
+    reptile = Reptile(MLP(64, (8, 6), WAYS), 0.01, 3, inner_optimizer="adam", inner_batch=5)
+    ordered = reptile.ordered(whole.to("cpu"), 3, 5, test=False).batches
+    parts = [reptile.ordered(h.to("cpu"), 3, 5, test=False).batches for h in halves]
+    assert torch.equal(torch.cat(parts), ordered)
+    torch.manual_seed(0)  # (the global state plays no part)
+    _, _, grads = meta_gradient(reptile, whole.to("cpu"))
+    shared = [meta_gradient(reptile, h.to("cpu"))[2] for h in halves]
+    for grad, a, b in zip(grads, *shared, strict=True):
+        torch.testing.assert_close(grad, (a + b) / 2)
+
+
+def test_test_episodes_are_adapted_alike_in_any_batch() -> None:
+    """The test-time mini-batches of a fixed episode follow its place in the set, not the
+    evaluation batch it falls in; without keys, the first episodes of the set of seed 0."""
+    fixed = EpisodeSampler(TRAIN, WAYS, 4, 1).fixed(6, seed=0)
+    reptile = Reptile(MLP(64, (8, 6), WAYS), 0.01, 3, eval_inner_steps=5, eval_inner_batch=5)
+    alone = torch.cat([reptile.evaluate(b.to("cpu")) for b in fixed.batches(1)])
+    for size in (2, 6):
+        together = torch.cat([reptile.evaluate(b.to("cpu")) for b in fixed.batches(size)])
+        assert torch.equal(together, alone)
+    first = next(iter(fixed.batches(1))).to("cpu")
+    keyless = replace(first, keys=None)
+    assert torch.equal(reptile.evaluate(keyless), reptile.evaluate(first))
+    predict = reptile.adapt(first.support_x[0], first.support_y[0], WAYS)
+    hits = predict(first.query_x[0]).argmax(-1) == first.query_y[0]
+    assert hits.float().mean().item() == pytest.approx(alone[0].item())
 
 
 @pytest.mark.parametrize("kind", ["conv", "strided", "mlp"])
@@ -191,14 +226,12 @@ def test_trainer_takes_linearly_annealed_sgd_steps_to_the_adapted_mean(tmp_path)
     params = list(model.parameters())
     for step in range(4):
         batch = sampler.tasks(step * 2, 2).to("cpu")
-        torch.manual_seed(step)
-        drawn = support_batches(2, 2 * WAYS, 2, 4, torch.device("cpu"))
+        drawn = support_batches(batch.keys, 2 * WAYS, 2, 4, torch.device("cpu"))
         adapted = [
             adapted_by_adam(model, e.support_x, e.support_y, 0.01, 2, b)
             for e, b in zip(batch, drawn, strict=True)
         ]
         before = [p.detach().clone() for p in params]
-        torch.manual_seed(step)
         trainer.step = step  # (fit counts the steps)
         trainer.train_step()
         epsilon = 1 - step / 4  # meta_step 1 annealed to meta_step_final 0

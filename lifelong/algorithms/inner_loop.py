@@ -8,9 +8,10 @@
 or another update rule's direction in place of the gradient (:mod:`inner_update`: Adam for
 Reptile), on the whole support set or, with ``inner_batch``, on mini-batches of it
 (:func:`support_batches`: consecutive batches of a per-task shuffle, reshuffled every epoch,
-as Nichol et al. 2018's code samples them), with parameters as a dict of tensors and a
-functional forward (:mod:`lifelong.algorithms.functional`), keeping the graph of the steps
-(``create_graph``) for second-order meta-gradients. :class:`InnerLoopLearner` is the base of
+as Nichol et al. 2018's code samples them, from the task's own key, so that one process and
+many draw the same), with parameters as a dict of tensors and a functional forward
+(:mod:`lifelong.algorithms.functional`), keeping the graph of the steps (``create_graph``)
+for second-order meta-gradients. :class:`InnerLoopLearner` is the base of
 :class:`~lifelong.algorithms.maml.MAML` and :class:`~lifelong.algorithms.reptile.Reptile`: it
 holds the model, picks the forward (the fast :class:`~lifelong.algorithms.functional.TaskForward`
 for Conv-4 and MLP, the reference one task at a time for other models or with ``fast=False``)
@@ -51,7 +52,7 @@ from lifelong.algorithms.base import Algorithm, MetaLoss, ModelFactory, Predicto
 from lifelong.algorithms.functional import Forward, ModuleForward, Params, TaskForward
 from lifelong.algorithms.inner_update import SGD, InnerUpdate, inner_update
 from lifelong.algorithms.precision import Precision, check_precision
-from lifelong.data.episodes import EpisodeBatch
+from lifelong.data.episodes import FIXED_STREAM, EpisodeBatch, task_keys
 
 if TYPE_CHECKING:
     from lifelong.pipeline.config import RunConfig
@@ -68,7 +69,9 @@ PLAIN_SGD = SGD()
 """The update rule of :func:`inner_loop` unless it is given another."""
 
 TEST_ORDER_SEED = 0
-"""Seed of the ``eval_inner_batch`` mini-batches (:meth:`InnerLoopLearner.test_order`)."""
+"""The seed of the fixed set whose :func:`~lifelong.data.episodes.task_keys` order the
+``eval_inner_batch`` mini-batches of test episodes without keys of their own
+(:meth:`InnerLoopLearner.order_keys`)."""
 
 LearningRate = Callable[[str, int], "float | Tensor"]
 """``lr(name, step)``: the inner learning rate of parameter ``name`` at step ``step``."""
@@ -132,30 +135,31 @@ def inner_loop(
 
 
 def support_batches(
-    tasks: int,
-    support: int,
-    steps: int,
-    batch: int,
-    device: torch.device,
-    generator: torch.Generator | None = None,
+    keys: Tensor, support: int, steps: int, batch: int, device: torch.device
 ) -> Tensor | None:
-    """The mini-batches of ``steps`` inner steps on ``tasks`` support sets of ``support``
-    examples, as indices ``[tasks, steps, batch]``: each task's own shuffle, cut into
+    """The mini-batches of ``steps`` inner steps on the support sets of ``support`` examples
+    of the tasks of ``keys``, as indices ``[tasks, steps, batch]``: each task's own shuffle,
+    drawn from a generator seeded with its key (:attr:`EpisodeBatch.keys`), cut into
     consecutive batches and drawn afresh when it is used up, a batch running on into the next
     shuffle (the ``_mini_batches`` of Nichol et al. 2018's code, without replacement). ``None``
     (all of the support set at every step) when ``batch`` is 0 or at least ``support``.
 
     Example:
-        >>> batches = support_batches(1, 50, 5, 10, torch.device("cpu"))   # [1, 5, 10]
+        >>> batches = support_batches(torch.tensor([7]), 50, 5, 10, torch.device("cpu"))
         >>> sorted(batches.flatten().tolist()) == list(range(50))  # one epoch: each once
         True
     """
     if not batch or batch >= support:
         return None
     epochs = -(-steps * batch // support)
-    draws = torch.rand(tasks, epochs, support, generator=generator)
+    draws = torch.stack(
+        [
+            torch.rand(epochs, support, generator=torch.Generator().manual_seed(int(key)))
+            for key in keys
+        ]
+    )
     order = draws.argsort(-1).flatten(1)[:, : steps * batch]
-    return order.view(tasks, steps, batch).to(device)
+    return order.view(len(keys), steps, batch).to(device)
 
 
 def _step_batch(x: Tensor, y: Tensor, batches: Tensor | None, step: int) -> tuple[Tensor, Tensor]:
@@ -487,31 +491,34 @@ class InnerLoopLearner(Algorithm):
         )
 
     def ordered(
-        self,
-        batch: EpisodeBatch,
-        steps: int,
-        size: int | None,
-        generator: torch.Generator | None = None,
+        self, batch: EpisodeBatch, steps: int, size: int | None, test: bool
     ) -> EpisodeBatch:
         """``batch`` with the :func:`support_batches` of ``size`` examples for ``steps`` inner
-        steps (as it is when each step reads all of the support set)."""
+        steps, ordered by :meth:`order_keys` (as it is when each step reads all of the support
+        set)."""
         batches = support_batches(
-            len(batch),
+            self.order_keys(batch.keys, len(batch), test),
             batch.support_x.shape[1],
             steps,
             size or 0,
             batch.support_x.device,
-            generator,
         )
         if batches is None:
             return batch
         values = {f.name: getattr(batch, f.name) for f in fields(EpisodeBatch)}
         return OrderedBatch(**values, batches=batches)
 
-    def test_order(self) -> torch.Generator:
-        """The generator of the test-time mini-batches: seeded alike at every call, so that a
-        test does not depend on, or change, the global random state."""
-        return torch.Generator().manual_seed(TEST_ORDER_SEED)
+    def order_keys(self, keys: Tensor | None, tasks: int, test: bool) -> Tensor:
+        """The keys of the mini-batch orders of ``tasks`` tasks: their own ``keys`` (their
+        places in their streams: the same whichever process or batch has them); without
+        them, drawn from the global random state while meta-training, and at ``test`` those of
+        the first episodes of the fixed set of seed :data:`TEST_ORDER_SEED`, so that a test
+        does not depend on, or change, the global random state."""
+        if keys is not None:
+            return keys
+        if test:
+            return task_keys(TEST_ORDER_SEED, FIXED_STREAM, 0, tasks)
+        return torch.randint(2**62, (tasks,))
 
     # ------------------------------------------------------------------ meta-testing
     def adapt(self, support_x: Tensor, support_y: Tensor, ways: int) -> Predictor:
@@ -525,8 +532,8 @@ class InnerLoopLearner(Algorithm):
         fast = self.fast_forward is not None
         steps = self.eval_inner_steps
         batches = support_batches(
-            1, len(support_x), steps, self.eval_inner_batch or 0, support_x.device,
-            self.test_order(),
+            self.order_keys(None, 1, test=True), len(support_x), steps,
+            self.eval_inner_batch or 0, support_x.device,
         )  # fmt: skip
         if fast:
             support_x, support_y = support_x.unsqueeze(0), support_y.unsqueeze(0)
@@ -546,7 +553,7 @@ class InnerLoopLearner(Algorithm):
     def evaluate(self, batch: EpisodeBatch) -> Tensor:
         """Per-episode query metric ``[B]`` after ``eval_inner_steps`` steps (task groups at a
         time on the fast path, shared out to the workers on the CPU)."""
-        batch = self.ordered(batch, self.eval_inner_steps, self.eval_inner_batch, self.test_order())
+        batch = self.ordered(batch, self.eval_inner_steps, self.eval_inner_batch, test=True)
         return torch.cat(self.in_parallel(self.serial_evaluate, self.shares(batch)))
 
     def serial_evaluate(self, batch: EpisodeBatch) -> Tensor:
@@ -565,8 +572,8 @@ class InnerLoopLearner(Algorithm):
         """Mean over tasks of :meth:`group_loss`. On the fast path (with grad enabled) each
         task group is differentiated as soon as its loss is computed, in the workers' threads,
         and the result is a surrogate with the same value and gradient (module doc). The
-        ``inner_batch`` mini-batches come from the global random state."""
-        batch = self.ordered(batch, self.inner_steps, self.inner_batch)
+        ``inner_batch`` mini-batches follow the tasks' keys (:meth:`order_keys`)."""
+        batch = self.ordered(batch, self.inner_steps, self.inner_batch, test=False)
         params = [p for p in self.parameters() if p.requires_grad]
         if self.fast_forward is None or not torch.is_grad_enabled() or not params:
             sums = [self.group_loss(batch, task) for task in self.task_groups(batch)]
