@@ -15,7 +15,8 @@ for second-order meta-gradients. :class:`InnerLoopLearner` is the base of
 :class:`~lifelong.algorithms.maml.MAML` and :class:`~lifelong.algorithms.reptile.Reptile`: it
 holds the model, picks the forward (the fast :class:`~lifelong.algorithms.functional.TaskForward`
 for Conv-4 and MLP, the reference one task at a time for other models or with ``fast=False``)
-and implements :meth:`~InnerLoopLearner.adapt` and :meth:`~InnerLoopLearner.evaluate`.
+and implements :meth:`~InnerLoopLearner.adapt` and :meth:`~InnerLoopLearner.evaluate`;
+subclasses give the meta-loss of the adapted parameters (:meth:`~InnerLoopLearner.outer_loss`).
 
 Batch norm uses each task's own batch statistics (``track_running_stats=False``, as in the MAML
 paper): the support set is normalised with its own statistics, and so is the query set, so
@@ -50,7 +51,7 @@ from torch import Tensor, nn
 
 from lifelong.algorithms.base import Algorithm, MetaLoss, ModelFactory, Predictor
 from lifelong.algorithms.functional import Forward, ModuleForward, Params, TaskForward
-from lifelong.algorithms.inner_update import SGD, InnerUpdate, inner_update
+from lifelong.algorithms.inner_update import SGD, InnerUpdate, UpdateState, inner_update
 from lifelong.algorithms.precision import Precision, check_precision
 from lifelong.data.episodes import FIXED_STREAM, EpisodeBatch, task_keys
 
@@ -106,7 +107,7 @@ def inner_loop(
             the steps' gradients are constants (first order).
         at_step: ``at_step(theta_k, k)`` -> ``theta_k`` with the parameters that belong to step
             ``k`` put in (MAML++'s per-step batch norm); applied after each step.
-        update: the update rule (plain SGD, or Adam with moments that start at zero here).
+        update: the update rule (plain SGD, or Adam).
         batches: the support examples of each step, indices ``[steps, k]`` (one task) or
             ``[G, steps, k]`` (a task group), from :func:`support_batches`; ``None``: all.
 
@@ -122,12 +123,12 @@ def inner_loop(
     """
     if create_graph and not update.second_order:
         raise ValueError(f"{type(update).__name__} inner steps cannot be differentiated")
-    trajectory, state = [params], {}
+    trajectory, state = [params], UpdateState()
     for step in range(steps):
         step_x, step_y = _step_batch(x, y, batches, step)
         value = loss(forward(params, step_x), step_y).sum()
         grads = torch.autograd.grad(value, [params[n] for n in names], create_graph=create_graph)
-        directions = update.directions(dict(zip(names, grads, strict=True)), state, step)
+        directions = update.directions(dict(zip(names, grads, strict=True)), state)
         updated = {n: params[n] - lr(n, step) * directions[n] for n in names}
         params = at_step({**params, **updated}, step + 1)
         trajectory.append(params)
@@ -236,8 +237,9 @@ class InnerLoopLearner(Algorithm):
             (:func:`support_batches`; ``None`` or 0: all of them); batch norm then normalises
             each mini-batch with its own statistics.
         eval_inner_batch: the same at test time.
+        fixed: parameters the inner loop leaves as they are (besides the body, for ANIL).
 
-    Subclasses implement :meth:`group_loss`.
+    Subclasses implement :meth:`outer_loss`.
     """
 
     own_options: ClassVar[tuple[str, ...]] = ("inner_optimizer", "inner_batch", "eval_inner_batch")
@@ -246,6 +248,9 @@ class InnerLoopLearner(Algorithm):
     fixed_head = True
     task_batch_norm = True
     solves_regression = True
+    through_adaptation: ClassVar[bool] = True
+    """The meta-loss is differentiated through the adapted parameters (the MAML family), so
+    the inner loop starts from the model's parameters; else from a detached copy (Reptile)."""
 
     def __init__(
         self,
@@ -263,6 +268,7 @@ class InnerLoopLearner(Algorithm):
         inner_beta1: float = 0.0,
         inner_batch: int | None = None,
         eval_inner_batch: int | None = None,
+        fixed: tuple[str, ...] = (),
     ) -> None:
         super().__init__()
         check_precision(precision)
@@ -298,7 +304,8 @@ class InnerLoopLearner(Algorithm):
                     "normalise each task with its own batch statistics: build the model with "
                     "track_running_stats=False"
                 )
-        names = [n for n, _ in model.named_parameters() if adapt == "all" or n.startswith("head.")]
+        params = dict(model.named_parameters())
+        names = [n for n in params if (adapt == "all" or n.startswith("head.")) and n not in fixed]
         if not names:
             raise ValueError(f"adapt={adapt!r} needs a model with a `head` that has parameters")
         self.model = model
@@ -346,6 +353,12 @@ class InnerLoopLearner(Algorithm):
     @property
     def test_steps(self) -> int:
         return self.eval_inner_steps
+
+    @property
+    def second_order(self) -> bool:
+        """Whether the meta-gradient differentiates through the inner gradients now (MAML's
+        second-order meta-gradient)."""
+        return False
 
     def precision_scope(self, device: torch.device) -> AbstractContextManager[Any]:
         """Autocast to :attr:`precision` on ``device`` (float32: the caller's autocast holds)."""
@@ -604,10 +617,22 @@ class InnerLoopLearner(Algorithm):
         loss = value + (surrogate - surrogate.detach())
         return MetaLoss(loss, sum(r[1] for r in results) / len(batch))
 
-    @abstractmethod
     def group_loss(self, batch: EpisodeBatch, task: int | slice) -> tuple[Tensor, Tensor]:
         """The sums over the tasks ``task`` of the batch (one task, or a task group: see
-        :meth:`task_groups`) of the differentiable meta-loss and of the detached metric."""
+        :meth:`task_groups`) of the differentiable meta-loss and of the detached metric
+        (:meth:`outer_loss` after ``inner_steps`` steps)."""
+        with self.precision_scope(batch.query_x.device):
+            adapted = self.adapt_tasks(
+                batch, task, self.inner_steps, self.second_order, not self.through_adaptation
+            )
+            return self.outer_loss(batch, task, adapted)
+
+    @abstractmethod
+    def outer_loss(
+        self, batch: EpisodeBatch, task: int | slice, adapted: Adaptation
+    ) -> tuple[Tensor, Tensor]:
+        """The sums over the tasks ``task`` of the batch of the differentiable meta-loss and
+        of the detached metric, from their ``adapted`` parameters."""
 
     # ------------------------------------------------------------------ threads
     def shares(self, batch: EpisodeBatch) -> list[EpisodeBatch]:

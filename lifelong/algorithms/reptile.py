@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from lifelong.algorithms.inner_loop import InnerLoopLearner
+from lifelong.algorithms.inner_loop import Adaptation, InnerLoopLearner
 from lifelong.data.episodes import EpisodeBatch
 
 
@@ -109,10 +109,13 @@ class Reptile(InnerLoopLearner):
             eval_inner_batch=eval_inner_batch,
         )
 
-    def group_loss(self, batch: EpisodeBatch, task: int | slice) -> tuple[Tensor, Tensor]:
+    through_adaptation = False  # the meta-gradient is the surrogate's
+
+    def outer_loss(
+        self, batch: EpisodeBatch, task: int | slice, adapted: Adaptation
+    ) -> tuple[Tensor, Tensor]:
         """Sums over the tasks of the query loss after adaptation (the value) plus a term of
         value zero and gradient ``theta - theta'_i``; and of the query accuracy (or MSE)."""
-        adapted = self.adapt_tasks(batch, task, self.inner_steps, False, detach=True)
         final = adapted.trajectory[-1]
         moves = 0.0
         for name, theta in self.model.named_parameters():
