@@ -17,6 +17,9 @@ holds the model, picks the forward (the fast :class:`~lifelong.algorithms.functi
 for Conv-4 and MLP, the reference one task at a time for other models or with ``fast=False``)
 and implements :meth:`~InnerLoopLearner.adapt` and :meth:`~InnerLoopLearner.evaluate`;
 subclasses give the meta-loss of the adapted parameters (:meth:`~InnerLoopLearner.outer_loss`).
+The update rule's state starts at zero in every inner loop, or, ``inner_optimizer_state``
+carried, from Adam's state carried from task to task (:mod:`carried_state`), which
+:meth:`~InnerLoopLearner.meta_loss` advances and test adaptations leave as it is.
 
 Batch norm uses each task's own batch statistics (``track_running_stats=False``, as in the MAML
 paper): the support set is normalised with its own statistics, and so is the query set, so
@@ -43,15 +46,23 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, fields
 from functools import partial
 from itertools import pairwise
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lifelong.algorithms.base import Algorithm, MetaLoss, ModelFactory, Predictor
+from lifelong.algorithms.carried_state import Block, CarriedState
 from lifelong.algorithms.functional import Forward, ModuleForward, Params, TaskForward
-from lifelong.algorithms.inner_update import SGD, InnerUpdate, UpdateState, inner_update
+from lifelong.algorithms.inner_update import (
+    INNER_OPTIMIZER_STATES,
+    SGD,
+    Adam,
+    InnerUpdate,
+    UpdateState,
+    inner_update,
+)
 from lifelong.algorithms.precision import Precision, check_precision
 from lifelong.data.episodes import FIXED_STREAM, EpisodeBatch, task_keys
 
@@ -91,6 +102,7 @@ def inner_loop(
     at_step: Callable[[Params, int], Params] = lambda params, step: params,
     update: InnerUpdate = PLAIN_SGD,
     batches: Tensor | None = None,
+    state: UpdateState | None = None,
 ) -> list[Params]:
     """``steps`` gradient steps on the parameters ``names`` (the others stay fixed).
 
@@ -110,6 +122,8 @@ def inner_loop(
         update: the update rule (plain SGD, or Adam).
         batches: the support examples of each step, indices ``[steps, k]`` (one task) or
             ``[G, steps, k]`` (a task group), from :func:`support_batches`; ``None``: all.
+        state: the rule's state at the start (Adam's, carried from earlier tasks:
+            :mod:`~lifelong.algorithms.carried_state`), updated in place; ``None``: empty.
 
     Returns:
         ``[theta_0, theta_1, ..., theta_steps]``.
@@ -123,7 +137,7 @@ def inner_loop(
     """
     if create_graph and not update.second_order:
         raise ValueError(f"{type(update).__name__} inner steps cannot be differentiated")
-    trajectory, state = [params], UpdateState()
+    trajectory, state = [params], UpdateState() if state is None else state
     for step in range(steps):
         step_x, step_y = _step_batch(x, y, batches, step)
         value = loss(forward(params, step_x), step_y).sum()
@@ -195,11 +209,13 @@ class OrderedBatch(EpisodeBatch):
 class Adaptation:
     """The inner loop's result on a support set: ``trajectory`` ``[theta_0..theta_S]``;
     ``outputs(x, step)`` are the model's outputs on ``x`` with ``theta_step`` (for ANIL the
-    body's features are computed once, by ``features``, and only the head is re-run)."""
+    body's features are computed once, by ``features``, and only the head is re-run);
+    ``state``: the update rule's state at the end."""
 
     trajectory: list[Params]
     predict: Forward
     features: Callable[[Tensor], Tensor]
+    state: UpdateState
 
     def outputs(self, x: Tensor, step: int = -1) -> Tensor:
         return self.predict(self.trajectory[step], self.features(x))
@@ -233,6 +249,10 @@ class InnerLoopLearner(Algorithm):
             ``"float32"``: as the caller runs them.
         inner_optimizer: the inner update rule, ``"sgd"`` or ``"adam"`` (first order only;
             :mod:`~lifelong.algorithms.inner_update`), with ``inner_beta1``.
+        inner_optimizer_state: Adam's state at the start of each inner loop: ``"fresh"``
+            (zero), or ``"carried"`` from task to task, as Nichol et al. 2018's code keeps it
+            (:mod:`~lifelong.algorithms.carried_state`: buffers advanced by each meta-batch of
+            :meth:`meta_loss`, read and left unchanged by test adaptations).
         inner_batch: support examples per inner step while meta-training
             (:func:`support_batches`; ``None`` or 0: all of them); batch norm then normalises
             each mini-batch with its own statistics.
@@ -242,7 +262,12 @@ class InnerLoopLearner(Algorithm):
     Subclasses implement :meth:`outer_loss`.
     """
 
-    own_options: ClassVar[tuple[str, ...]] = ("inner_optimizer", "inner_batch", "eval_inner_batch")
+    own_options: ClassVar[tuple[str, ...]] = (
+        "inner_optimizer",
+        "inner_optimizer_state",
+        "inner_batch",
+        "eval_inner_batch",
+    )
     min_inner_steps = 1
     """The fewest inner steps meta-training may take (MAML: 0, joint training)."""
     fixed_head = True
@@ -268,6 +293,7 @@ class InnerLoopLearner(Algorithm):
         inner_beta1: float = 0.0,
         inner_batch: int | None = None,
         eval_inner_batch: int | None = None,
+        inner_optimizer_state: str = "fresh",
         fixed: tuple[str, ...] = (),
     ) -> None:
         super().__init__()
@@ -319,6 +345,23 @@ class InnerLoopLearner(Algorithm):
         self.workers = workers
         self.precision: Precision = precision
         self.update = inner_update(inner_optimizer, inner_beta1)
+        if inner_optimizer_state not in INNER_OPTIMIZER_STATES:
+            raise ValueError(
+                "inner_optimizer_state must be one of "
+                f"{', '.join(INNER_OPTIMIZER_STATES)}, got {inner_optimizer_state!r}"
+            )
+        self.carried: CarriedState | None = None
+        if inner_optimizer_state == "carried":
+            if not isinstance(self.update, Adam):
+                raise ValueError(
+                    f"inner_optimizer_state carried keeps Adam's state from task to task, but "
+                    f"inner_optimizer {inner_optimizer} has none: use adam, or "
+                    "inner_optimizer_state fresh"
+                )
+            first = params[names[0]]
+            shapes = {n: params[n].shape for n in names}
+            self.carried = CarriedState(shapes, self.update, first.dtype, first.device)
+        self.gather: Callable[[Any], list[Any]] = _alone
         self.inner_batch, self.eval_inner_batch = inner_batch, eval_inner_batch
         self.reference = ModuleForward(model)
         self.fast_forward = TaskForward.of(model) if fast else None
@@ -332,6 +375,7 @@ class InnerLoopLearner(Algorithm):
             "inner_steps": cfg.inner_steps,
             "eval_inner_steps": cfg.eval_inner_steps,
             "inner_optimizer": cfg.inner_optimizer,
+            "inner_optimizer_state": cfg.inner_optimizer_state,
             "inner_batch": cfg.inner_batch,
             "eval_inner_batch": cfg.eval_inner_batch,
         }
@@ -359,6 +403,10 @@ class InnerLoopLearner(Algorithm):
         """Whether the meta-gradient differentiates through the inner gradients now (MAML's
         second-order meta-gradient)."""
         return False
+
+    def share_meta_batches(self, gather: Callable[[Any], list[Any]]) -> None:
+        """The carried state sums up the tasks of every process (:meth:`carry`)."""
+        self.gather = gather
 
     def precision_scope(self, device: torch.device) -> AbstractContextManager[Any]:
         """Autocast to :attr:`precision` on ``device`` (float32: the caller's autocast holds)."""
@@ -435,7 +483,8 @@ class InnerLoopLearner(Algorithm):
         batches: Tensor | None = None,
     ) -> Adaptation:
         """Run the inner loop from the model's parameters on one task (reference path:
-        ``support_x [n, ...]``) or a task group (fast path: ``[G, n, ...]``).
+        ``support_x [n, ...]``) or a task group (fast path: ``[G, n, ...]``), with the update
+        rule's state from the carried state (or fresh).
 
         ``detach``: start from a copy of the parameters outside the graph (evaluation,
         Reptile); else the trajectory stays differentiable in the model's parameters.
@@ -446,6 +495,7 @@ class InnerLoopLearner(Algorithm):
                 params = {
                     n: p.detach().requires_grad_(n in self.adapted) for n, p in params.items()
                 }
+            state = UpdateState() if self.carried is None else self.carried.start()
             inner: Forward = self.reference
             predict, features = inner, _identity
             fast = self.fast_forward
@@ -473,8 +523,9 @@ class InnerLoopLearner(Algorithm):
                 ),
                 self.update,
                 batches,
+                state,
             )
-        return Adaptation(trajectory, predict, features)
+        return Adaptation(trajectory, predict, features, state)
 
     def _at_step(self, params: Params, step: int, tasks: int | None, detach: bool) -> Params:
         """``params`` with :meth:`step_parameters` of ``step`` put in (expanded to ``tasks``
@@ -585,25 +636,29 @@ class InnerLoopLearner(Algorithm):
         """Mean over tasks of :meth:`group_loss`. On the fast path (with grad enabled) each
         task group is differentiated as soon as its loss is computed, in the workers' threads,
         and the result is a surrogate with the same value and gradient (module doc). The
-        ``inner_batch`` mini-batches follow the tasks' keys (:meth:`order_keys`)."""
+        ``inner_batch`` mini-batches follow the tasks' keys (:meth:`order_keys`); a carried
+        inner state advances by the batch's tasks (:meth:`carry`)."""
         batch = self.ordered(batch, self.inner_steps, self.inner_batch, test=False)
         params = [p for p in self.parameters() if p.requires_grad]
         if self.fast_forward is None or not torch.is_grad_enabled() or not params:
             sums = [self.group_loss(batch, task) for task in self.task_groups(batch)]
+            self.carry([s[2] for s in sums])
             return MetaLoss(
                 sum(s[0] for s in sums) / len(batch), sum(s[1] for s in sums) / len(batch)
             )
 
-        def differentiate(share: EpisodeBatch) -> tuple[Tensor, Tensor, list[Tensor | None]]:
-            value, metric, grads = 0.0, 0.0, [None] * len(params)
+        def differentiate(share: EpisodeBatch) -> tuple[Any, ...]:
+            value, metric, grads, blocks = 0.0, 0.0, [None] * len(params), []
             for task in self.task_groups(share):
-                loss, hits = self.group_loss(share, task)
+                loss, hits, block = self.group_loss(share, task)
                 step = torch.autograd.grad(loss / len(batch), params, allow_unused=True)
                 grads = [_add(a, b) for a, b in zip(grads, step, strict=True)]
                 value, metric = value + loss.detach(), metric + hits
-            return value, metric, grads
+                blocks.append(block)
+            return value, metric, grads, blocks
 
         results = self.in_parallel(differentiate, self.shares(batch))
+        self.carry([block for r in results for block in r[3]])
         value = sum(r[0] for r in results) / len(batch)
         surrogate = sum(
             (
@@ -617,15 +672,22 @@ class InnerLoopLearner(Algorithm):
         loss = value + (surrogate - surrogate.detach())
         return MetaLoss(loss, sum(r[1] for r in results) / len(batch))
 
-    def group_loss(self, batch: EpisodeBatch, task: int | slice) -> tuple[Tensor, Tensor]:
+    def group_loss(
+        self, batch: EpisodeBatch, task: int | slice
+    ) -> tuple[Tensor, Tensor, Block | None]:
         """The sums over the tasks ``task`` of the batch (one task, or a task group: see
         :meth:`task_groups`) of the differentiable meta-loss and of the detached metric
-        (:meth:`outer_loss` after ``inner_steps`` steps)."""
+        (:meth:`outer_loss` after ``inner_steps`` steps), and their share of the carried state
+        (``None``: fresh)."""
         with self.precision_scope(batch.query_x.device):
             adapted = self.adapt_tasks(
                 batch, task, self.inner_steps, self.second_order, not self.through_adaptation
             )
-            return self.outer_loss(batch, task, adapted)
+            loss, metric = self.outer_loss(batch, task, adapted)
+        if self.carried is None:
+            return loss, metric, None
+        tasks = len(batch.support_x[task]) if isinstance(task, slice) else 1
+        return loss, metric, self.carried.block(adapted.state, tasks, self.inner_steps)
 
     @abstractmethod
     def outer_loss(
@@ -633,6 +695,16 @@ class InnerLoopLearner(Algorithm):
     ) -> tuple[Tensor, Tensor]:
         """The sums over the tasks ``task`` of the batch of the differentiable meta-loss and
         of the detached metric, from their ``adapted`` parameters."""
+
+    def carry(self, blocks: list[Block | None]) -> None:
+        """Advance the carried state by the blocks of a meta-batch's tasks, in their order,
+        after those of the processes before this one (:meth:`share_meta_batches`) and before
+        those after it (:mod:`~lifelong.algorithms.carried_state`); nothing when fresh."""
+        if self.carried is None:
+            return
+        steps = self.inner_steps
+        mine = self.carried.fold(cast(list[Block], blocks), steps)
+        self.carried.advance(self.carried.fold(self.gather(mine), steps), steps)
 
     # ------------------------------------------------------------------ threads
     def shares(self, batch: EpisodeBatch) -> list[EpisodeBatch]:
@@ -685,6 +757,11 @@ class ModelEmbedding(nn.Module):
 
 def _identity(x: Tensor) -> Tensor:
     return x
+
+
+def _alone(value: Any) -> list[Any]:
+    """Every process's ``value`` when this process is the only one."""
+    return [value]
 
 
 def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:

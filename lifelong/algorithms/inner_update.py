@@ -8,9 +8,10 @@ An inner step is ``theta_{k+1} = theta_k - alpha_k * d_k`` with ``d_k`` from the
   ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g^2``, ``t = t + 1``,
   ``d = (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)``. Reptile's inner loop (Nichol et al.
   2018, appendix A) is Adam with ``b1 = 0``. Its state (:class:`UpdateState`: ``m``, ``v``
-  and ``t``) starts at zero in every inner loop (each task its own); the paper's code keeps
-  it from task to task. Adam's square root has no usable derivative where a gradient is zero,
-  so it is for first-order inner loops only.
+  and ``t``) starts at zero in every inner loop (``inner_optimizer_state`` fresh), or where
+  the earlier tasks left it (carried, as in the paper's code:
+  :mod:`~lifelong.algorithms.carried_state`). Adam's square root has no usable derivative
+  where a gradient is zero, so it is for first-order inner loops only.
 
 Example:
     >>> rule = inner_update("adam", beta1=0.0)
@@ -27,6 +28,8 @@ if TYPE_CHECKING:  # torch-free: the config reads INNER_OPTIMIZERS
     from torch import Tensor
 
 INNER_OPTIMIZERS = ("sgd", "adam")
+INNER_OPTIMIZER_STATES = ("fresh", "carried")
+"""Where an inner loop's Adam state starts: at zero, or where the earlier tasks left it."""
 
 
 @dataclass

@@ -92,9 +92,10 @@ class MAML(InnerLoopLearner):
             reference loop over tasks).
         task_chunk, workers: tasks run side by side on the fast path, and threads sharing
             out the tasks on the CPU (``None``: the measured defaults).
-        inner_optimizer, inner_batch, eval_inner_batch: the inner update rule and
-            mini-batches (see :class:`~lifelong.algorithms.inner_loop.InnerLoopLearner`);
-            Adam only with ``first_order``.
+        inner_optimizer, inner_batch, eval_inner_batch, inner_optimizer_state: the inner
+            update rule, mini-batches and whether Adam's state is carried from task to task
+            (see :class:`~lifelong.algorithms.inner_loop.InnerLoopLearner`); Adam only with
+            ``first_order``.
         precision: mixed precision of the task computations (see
             :class:`~lifelong.algorithms.inner_loop.InnerLoopLearner`); ``"bfloat16"`` on a
             CPU with AVX-512-BF16 is about 2.9x as fast as the plain loop
@@ -156,6 +157,7 @@ class MAML(InnerLoopLearner):
         inner_optimizer: str = "sgd",
         inner_batch: int | None = None,
         eval_inner_batch: int | None = None,
+        inner_optimizer_state: str = "fresh",
     ) -> None:
         if not first_order and not inner_update(inner_optimizer).second_order:
             raise ValueError(
@@ -195,6 +197,7 @@ class MAML(InnerLoopLearner):
             inner_optimizer=inner_optimizer,
             inner_batch=inner_batch,
             eval_inner_batch=eval_inner_batch,
+            inner_optimizer_state=inner_optimizer_state,
             fixed=tuple(norms),
         )
         self.first_order = first_order
