@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_maml import WAYS, episodes, meta_gradient, tiny
-from test_train import FACTS, STROKES, TRAIN
+from test_train import FACTS, STROKES, TRAIN, resumed_exactly
 from torch.func import functional_call
 
 from lifelong.algorithms.inner_loop import support_batches
@@ -20,10 +20,9 @@ from lifelong.algorithms.reptile import Reptile
 from lifelong.data.episodes import EpisodeBatch, EpisodeSampler
 from lifelong.data.sinusoid import SinusoidSampler
 from lifelong.models.mlp import MLP
-from lifelong.pipeline.checkpoint import load_checkpoint
 from lifelong.pipeline.config import ConfigError, RunConfig
 from lifelong.pipeline.factory import build_algorithm, resolve_config
-from lifelong.pipeline.train import Trainer, train
+from lifelong.pipeline.train import Trainer
 from lifelong.pipeline.trained import load_trained
 
 DOUBLE = torch.float64
@@ -363,19 +362,11 @@ def test_a_resumed_run_carries_the_inner_state_on_exactly(tmp_path) -> None:
     state and parameters of 4 in one go (Reptile's default: carried; no schedule, which would
     anneal the first part's steps over its 2 iterations)."""
     cfg = RunConfig(
-        algorithm="reptile", iterations=4, eval_inner_steps=5, lr_schedule="none",
-        out=str(tmp_path / "straight"), **STROKES,
-    )  # fmt: skip
-    train(cfg, progress=False)
-    parts = cfg.override(iterations=2, out=str(tmp_path / "parts"))
-    train(parts, progress=False)
-    train(parts.override(iterations=4), resume=True, progress=False)
-    straight = load_checkpoint(tmp_path / "straight", "last")["algorithm"]
-    resumed = load_checkpoint(tmp_path / "parts", "last")["algorithm"]
+        algorithm="reptile", iterations=4, eval_inner_steps=5, lr_schedule="none", **STROKES
+    )
+    straight = resumed_exactly(cfg, tmp_path)
     assert int(straight["carried.t"]) == 4 * cfg.meta_batch * 5  # 5 inner steps a task
     assert straight["carried.moments"].abs().sum() > 0
-    for name, tensor in straight.items():
-        assert torch.equal(resumed[name], tensor), name
     tested = load_trained(tmp_path / "straight", "last")
     assert torch.equal(tested.algorithm.carried.moments, straight["carried.moments"])
 
