@@ -28,7 +28,7 @@ code starts each task from the state the one before it left.
 
 Example:
     >>> reptile = Reptile(model, inner_lr=1e-3, inner_steps=5, inner_optimizer="adam",
-    ...                   inner_batch=10)
+    ...                   inner_optimizer_state="carried", inner_batch=10)
     >>> optimizer = torch.optim.SGD(reptile.parameters(), lr=1.0)   # epsilon = 1
     >>> reptile.meta_loss(batch).loss.backward(); optimizer.step()
 """
@@ -88,6 +88,7 @@ class Reptile(InnerLoopLearner):
             "meta_lr": 0.1,
         },
     }
+    through_adaptation = False  # the meta-gradient is the surrogate's
 
     def __init__(
         self,
@@ -120,8 +121,6 @@ class Reptile(InnerLoopLearner):
             eval_inner_batch=eval_inner_batch,
             inner_optimizer_state=inner_optimizer_state,
         )
-
-    through_adaptation = False  # the meta-gradient is the surrogate's
 
     def outer_loss(
         self, batch: EpisodeBatch, task: int | slice, adapted: Adaptation
