@@ -168,5 +168,15 @@ def test_checkpoints_saved_before_an_option_existed_keep_their_training():
     cfg = RunConfig.of_checkpoint(old)  # full-batch SGD steps, Adam on the meta-update
     assert (cfg.inner_optimizer, cfg.inner_batch, cfg.eval_inner_batch) == ("sgd", 0, 0)
     assert (cfg.meta_optimizer, cfg.meta_lr, cfg.lr_schedule) == ("adam", 0.001, "none")
+    assert cfg.inner_optimizer_state == "fresh"
     new = {"version": "0.2.0", "config": {"algorithm": "reptile", "inner_optimizer": "adam"}}
-    assert RunConfig.of_checkpoint(new).inner_optimizer == "adam"
+    adam = RunConfig.of_checkpoint(new)  # Adam from zero in every task, as it ran then
+    assert (adam.inner_optimizer, adam.inner_optimizer_state) == ("adam", "fresh")
+    facts = DataFacts("tiny", image_shape=(1, 8, 8), classes={"train": 10})
+    algorithm = build_algorithm(adam.override(backbone="mlp"), facts)
+    assert algorithm.carried is None  # so the old weights load: no buffers of a carried state
+    assert not any(name.startswith("carried.") for name in algorithm.state_dict())
+    carried = RunConfig.of_checkpoint(
+        {"config": {**new["config"], "inner_optimizer_state": "carried"}}
+    )
+    assert build_algorithm(carried.override(backbone="mlp"), facts).carried is not None

@@ -231,6 +231,31 @@ def test_a_run_resumes_on_another_number_of_processes(ranks, tmp_path, size):
     assert_same_parameters(reference.algorithm.state_dict(), resumed.algorithm.state_dict())
 
 
+REPTILE = {"inner_batch": 2, "eval_inner_steps": 5}
+"""Reptile with its carried inner Adam state, on mini-batches of 2 of the 3 support images."""
+
+
+def _reptile_ranks(rank: int, folder: Path) -> None:
+    make_trainer(folder / f"reptile-rank{rank}", "reptile", ITERATIONS, rank, **REPTILE).fit()
+
+
+def test_reptile_ranks_carry_the_inner_state_of_one_process(tmp_path):
+    """Reptile's carried inner Adam state sums up the tasks of every rank in the meta-batch's
+    order, and each rank draws the mini-batches of its tasks as one process does: 2 ranks
+    reach one process's parameters and carried state."""
+    assert spawn(_reptile_ranks, tmp_path) == [0, 0]
+    reference = make_trainer(tmp_path / "one", "reptile", ITERATIONS, 0, **REPTILE)
+    reference.fit()
+    trained = reference.algorithm.state_dict()
+    assert int(trained["carried.t"]) == ITERATIONS * SETTINGS["meta_batch"] * 5  # 5 steps
+    distributed = load_checkpoint(tmp_path / "reptile-rank0", "last")["algorithm"]
+    carried = zip(distributed.pop("carried.moments"), trained.pop("carried.moments"), strict=True)
+    for row, expected in carried:  # m, the last gradient: its small entries keep the rounding
+        scale = float(expected.abs().max())  # of the tasks' grouping
+        torch.testing.assert_close(row, expected, rtol=1e-4, atol=1e-5 * scale)
+    assert_same_parameters(trained, distributed)
+
+
 # ------------------------------------------------------------------------------ resume, failure
 def _tiny_rank(rank: int, folder: Path, run: str, resume: bool, die_at: int | None) -> None:
     """TinyProto (draws from every global generator) for 6 iterations, checkpoints every 2;

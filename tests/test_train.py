@@ -248,17 +248,21 @@ MAML_PLUS_PLUS = {  # schedules that change at iterations 1 and 3, across the re
     ids=["labels", "no-labels", "maml++"],
 )
 def test_maml_resume_through_train_matches_an_uninterrupted_run(options, tmp_path):
-    cfg = RunConfig(
-        algorithm="maml", iterations=4, out=str(tmp_path / "straight"), **{**STROKES, **options}
-    )
-    train(cfg, progress=False)
-    parts = cfg.override(iterations=2, out=str(tmp_path / "parts"))
+    resumed_exactly(RunConfig(algorithm="maml", iterations=4, **{**STROKES, **options}), tmp_path)
+
+
+def resumed_exactly(cfg: RunConfig, tmp_path: Path) -> dict[str, torch.Tensor]:
+    """The algorithm's state after ``cfg``'s iterations in one go, which half of them and a
+    resume for the rest reach exactly (run folders ``straight`` and ``parts``)."""
+    train(cfg.override(out=str(tmp_path / "straight")), progress=False)
+    parts = cfg.override(iterations=cfg.iterations // 2, out=str(tmp_path / "parts"))
     train(parts, progress=False)
-    train(parts.override(iterations=4), resume=True, progress=False)
+    train(parts.override(iterations=cfg.iterations), resume=True, progress=False)
     straight = load_checkpoint(tmp_path / "straight", "last")["algorithm"]
     resumed = load_checkpoint(tmp_path / "parts", "last")["algorithm"]
     for name, tensor in straight.items():
         assert torch.equal(resumed[name], tensor), name
+    return straight
 
 
 @pytest.mark.parametrize("algorithm", ["protonet", "maml"])

@@ -172,6 +172,14 @@ class Algorithm(nn.Module, ABC):
         that a resumed run goes on exactly."""
         return None
 
+    def share_meta_batches(self, gather: Callable[[Any], list[Any]]) -> None:
+        """Called by the Trainer of a run whose meta-batches are shared out over processes
+        (``torchrun``): ``gather(value)`` returns every process's ``value`` (tensors, numbers,
+        tuples...), in the order of their tasks in the meta-batch; every process calls it at
+        the same point of :meth:`meta_loss`. For state that sums up a meta-batch's tasks in
+        order (an inner loop's carried Adam state); others need nothing."""
+        return None
+
     @abstractmethod
     def meta_loss(self, batch: EpisodeBatch) -> MetaLoss:
         """The meta-training objective on a batch of episodes (floats, on this module's

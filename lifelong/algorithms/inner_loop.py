@@ -8,13 +8,18 @@
 or another update rule's direction in place of the gradient (:mod:`inner_update`: Adam for
 Reptile), on the whole support set or, with ``inner_batch``, on mini-batches of it
 (:func:`support_batches`: consecutive batches of a per-task shuffle, reshuffled every epoch,
-as Nichol et al. 2018's code samples them), with parameters as a dict of tensors and a
-functional forward (:mod:`lifelong.algorithms.functional`), keeping the graph of the steps
-(``create_graph``) for second-order meta-gradients. :class:`InnerLoopLearner` is the base of
+as Nichol et al. 2018's code samples them, from the task's own key, so that one process and
+many draw the same), with parameters as a dict of tensors and a functional forward
+(:mod:`lifelong.algorithms.functional`), keeping the graph of the steps (``create_graph``)
+for second-order meta-gradients. :class:`InnerLoopLearner` is the base of
 :class:`~lifelong.algorithms.maml.MAML` and :class:`~lifelong.algorithms.reptile.Reptile`: it
 holds the model, picks the forward (the fast :class:`~lifelong.algorithms.functional.TaskForward`
 for Conv-4 and MLP, the reference one task at a time for other models or with ``fast=False``)
-and implements :meth:`~InnerLoopLearner.adapt` and :meth:`~InnerLoopLearner.evaluate`.
+and implements :meth:`~InnerLoopLearner.adapt` and :meth:`~InnerLoopLearner.evaluate`;
+subclasses give the meta-loss of the adapted parameters (:meth:`~InnerLoopLearner.outer_loss`).
+The update rule's state starts at zero in every inner loop, or, ``inner_optimizer_state``
+carried, from Adam's state carried from task to task (:mod:`carried_state`), which
+:meth:`~InnerLoopLearner.meta_loss` advances and test adaptations leave as it is.
 
 Batch norm uses each task's own batch statistics (``track_running_stats=False``, as in the MAML
 paper): the support set is normalised with its own statistics, and so is the query set, so
@@ -41,17 +46,25 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, fields
 from functools import partial
 from itertools import pairwise
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lifelong.algorithms.base import Algorithm, MetaLoss, ModelFactory, Predictor
+from lifelong.algorithms.carried_state import Block, CarriedState
 from lifelong.algorithms.functional import Forward, ModuleForward, Params, TaskForward
-from lifelong.algorithms.inner_update import SGD, InnerUpdate, inner_update
+from lifelong.algorithms.inner_update import (
+    INNER_OPTIMIZER_STATES,
+    SGD,
+    Adam,
+    InnerUpdate,
+    UpdateState,
+    inner_update,
+)
 from lifelong.algorithms.precision import Precision, check_precision
-from lifelong.data.episodes import EpisodeBatch
+from lifelong.data.episodes import FIXED_STREAM, EpisodeBatch, task_keys
 
 if TYPE_CHECKING:
     from lifelong.pipeline.config import RunConfig
@@ -68,7 +81,9 @@ PLAIN_SGD = SGD()
 """The update rule of :func:`inner_loop` unless it is given another."""
 
 TEST_ORDER_SEED = 0
-"""Seed of the ``eval_inner_batch`` mini-batches (:meth:`InnerLoopLearner.test_order`)."""
+"""The seed of the fixed set whose :func:`~lifelong.data.episodes.task_keys` order the
+``eval_inner_batch`` mini-batches of test episodes without keys of their own
+(:meth:`InnerLoopLearner.order_keys`)."""
 
 LearningRate = Callable[[str, int], "float | Tensor"]
 """``lr(name, step)``: the inner learning rate of parameter ``name`` at step ``step``."""
@@ -87,6 +102,7 @@ def inner_loop(
     at_step: Callable[[Params, int], Params] = lambda params, step: params,
     update: InnerUpdate = PLAIN_SGD,
     batches: Tensor | None = None,
+    state: UpdateState | None = None,
 ) -> list[Params]:
     """``steps`` gradient steps on the parameters ``names`` (the others stay fixed).
 
@@ -103,9 +119,11 @@ def inner_loop(
             the steps' gradients are constants (first order).
         at_step: ``at_step(theta_k, k)`` -> ``theta_k`` with the parameters that belong to step
             ``k`` put in (MAML++'s per-step batch norm); applied after each step.
-        update: the update rule (plain SGD, or Adam with moments that start at zero here).
+        update: the update rule (plain SGD, or Adam).
         batches: the support examples of each step, indices ``[steps, k]`` (one task) or
             ``[G, steps, k]`` (a task group), from :func:`support_batches`; ``None``: all.
+        state: the rule's state at the start (Adam's, carried from earlier tasks:
+            :mod:`~lifelong.algorithms.carried_state`), updated in place; ``None``: empty.
 
     Returns:
         ``[theta_0, theta_1, ..., theta_steps]``.
@@ -119,12 +137,12 @@ def inner_loop(
     """
     if create_graph and not update.second_order:
         raise ValueError(f"{type(update).__name__} inner steps cannot be differentiated")
-    trajectory, state = [params], {}
+    trajectory, state = [params], UpdateState() if state is None else state
     for step in range(steps):
         step_x, step_y = _step_batch(x, y, batches, step)
         value = loss(forward(params, step_x), step_y).sum()
         grads = torch.autograd.grad(value, [params[n] for n in names], create_graph=create_graph)
-        directions = update.directions(dict(zip(names, grads, strict=True)), state, step)
+        directions = update.directions(dict(zip(names, grads, strict=True)), state)
         updated = {n: params[n] - lr(n, step) * directions[n] for n in names}
         params = at_step({**params, **updated}, step + 1)
         trajectory.append(params)
@@ -132,30 +150,31 @@ def inner_loop(
 
 
 def support_batches(
-    tasks: int,
-    support: int,
-    steps: int,
-    batch: int,
-    device: torch.device,
-    generator: torch.Generator | None = None,
+    keys: Tensor, support: int, steps: int, batch: int, device: torch.device
 ) -> Tensor | None:
-    """The mini-batches of ``steps`` inner steps on ``tasks`` support sets of ``support``
-    examples, as indices ``[tasks, steps, batch]``: each task's own shuffle, cut into
+    """The mini-batches of ``steps`` inner steps on the support sets of ``support`` examples
+    of the tasks of ``keys``, as indices ``[tasks, steps, batch]``: each task's own shuffle,
+    drawn from a generator seeded with its key (:attr:`EpisodeBatch.keys`), cut into
     consecutive batches and drawn afresh when it is used up, a batch running on into the next
     shuffle (the ``_mini_batches`` of Nichol et al. 2018's code, without replacement). ``None``
     (all of the support set at every step) when ``batch`` is 0 or at least ``support``.
 
     Example:
-        >>> batches = support_batches(1, 50, 5, 10, torch.device("cpu"))   # [1, 5, 10]
+        >>> batches = support_batches(torch.tensor([7]), 50, 5, 10, torch.device("cpu"))
         >>> sorted(batches.flatten().tolist()) == list(range(50))  # one epoch: each once
         True
     """
     if not batch or batch >= support:
         return None
     epochs = -(-steps * batch // support)
-    draws = torch.rand(tasks, epochs, support, generator=generator)
+    draws = torch.stack(
+        [
+            torch.rand(epochs, support, generator=torch.Generator().manual_seed(int(key)))
+            for key in keys
+        ]
+    )
     order = draws.argsort(-1).flatten(1)[:, : steps * batch]
-    return order.view(tasks, steps, batch).to(device)
+    return order.view(len(keys), steps, batch).to(device)
 
 
 def _step_batch(x: Tensor, y: Tensor, batches: Tensor | None, step: int) -> tuple[Tensor, Tensor]:
@@ -190,11 +209,13 @@ class OrderedBatch(EpisodeBatch):
 class Adaptation:
     """The inner loop's result on a support set: ``trajectory`` ``[theta_0..theta_S]``;
     ``outputs(x, step)`` are the model's outputs on ``x`` with ``theta_step`` (for ANIL the
-    body's features are computed once, by ``features``, and only the head is re-run)."""
+    body's features are computed once, by ``features``, and only the head is re-run);
+    ``state``: the update rule's state at the end."""
 
     trajectory: list[Params]
     predict: Forward
     features: Callable[[Tensor], Tensor]
+    state: UpdateState
 
     def outputs(self, x: Tensor, step: int = -1) -> Tensor:
         return self.predict(self.trajectory[step], self.features(x))
@@ -228,20 +249,33 @@ class InnerLoopLearner(Algorithm):
             ``"float32"``: as the caller runs them.
         inner_optimizer: the inner update rule, ``"sgd"`` or ``"adam"`` (first order only;
             :mod:`~lifelong.algorithms.inner_update`), with ``inner_beta1``.
+        inner_optimizer_state: Adam's state at the start of each inner loop: ``"fresh"``
+            (zero), or ``"carried"`` from task to task, as Nichol et al. 2018's code keeps it
+            (:mod:`~lifelong.algorithms.carried_state`: buffers advanced by each meta-batch of
+            :meth:`meta_loss`, read and left unchanged by test adaptations).
         inner_batch: support examples per inner step while meta-training
             (:func:`support_batches`; ``None`` or 0: all of them); batch norm then normalises
             each mini-batch with its own statistics.
         eval_inner_batch: the same at test time.
+        fixed: parameters the inner loop leaves as they are (besides the body, for ANIL).
 
-    Subclasses implement :meth:`group_loss`.
+    Subclasses implement :meth:`outer_loss`.
     """
 
-    own_options: ClassVar[tuple[str, ...]] = ("inner_optimizer", "inner_batch", "eval_inner_batch")
+    own_options: ClassVar[tuple[str, ...]] = (
+        "inner_optimizer",
+        "inner_optimizer_state",
+        "inner_batch",
+        "eval_inner_batch",
+    )
     min_inner_steps = 1
     """The fewest inner steps meta-training may take (MAML: 0, joint training)."""
     fixed_head = True
     task_batch_norm = True
     solves_regression = True
+    through_adaptation: ClassVar[bool] = True
+    """The meta-loss is differentiated through the adapted parameters (the MAML family), so
+    the inner loop starts from the model's parameters; else from a detached copy (Reptile)."""
 
     def __init__(
         self,
@@ -259,6 +293,8 @@ class InnerLoopLearner(Algorithm):
         inner_beta1: float = 0.0,
         inner_batch: int | None = None,
         eval_inner_batch: int | None = None,
+        inner_optimizer_state: str = "fresh",
+        fixed: tuple[str, ...] = (),
     ) -> None:
         super().__init__()
         check_precision(precision)
@@ -294,7 +330,8 @@ class InnerLoopLearner(Algorithm):
                     "normalise each task with its own batch statistics: build the model with "
                     "track_running_stats=False"
                 )
-        names = [n for n, _ in model.named_parameters() if adapt == "all" or n.startswith("head.")]
+        params = dict(model.named_parameters())
+        names = [n for n in params if (adapt == "all" or n.startswith("head.")) and n not in fixed]
         if not names:
             raise ValueError(f"adapt={adapt!r} needs a model with a `head` that has parameters")
         self.model = model
@@ -308,6 +345,23 @@ class InnerLoopLearner(Algorithm):
         self.workers = workers
         self.precision: Precision = precision
         self.update = inner_update(inner_optimizer, inner_beta1)
+        if inner_optimizer_state not in INNER_OPTIMIZER_STATES:
+            raise ValueError(
+                "inner_optimizer_state must be one of "
+                f"{', '.join(INNER_OPTIMIZER_STATES)}, got {inner_optimizer_state!r}"
+            )
+        self.carried: CarriedState | None = None
+        if inner_optimizer_state == "carried":
+            if not isinstance(self.update, Adam):
+                raise ValueError(
+                    f"inner_optimizer_state carried keeps Adam's state from task to task, but "
+                    f"inner_optimizer {inner_optimizer} has none: use adam, or "
+                    "inner_optimizer_state fresh"
+                )
+            first = params[names[0]]
+            shapes = {n: params[n].shape for n in names}
+            self.carried = CarriedState(shapes, self.update, first.dtype, first.device)
+        self.gather: Callable[[Any], list[Any]] = _alone
         self.inner_batch, self.eval_inner_batch = inner_batch, eval_inner_batch
         self.reference = ModuleForward(model)
         self.fast_forward = TaskForward.of(model) if fast else None
@@ -321,6 +375,7 @@ class InnerLoopLearner(Algorithm):
             "inner_steps": cfg.inner_steps,
             "eval_inner_steps": cfg.eval_inner_steps,
             "inner_optimizer": cfg.inner_optimizer,
+            "inner_optimizer_state": cfg.inner_optimizer_state,
             "inner_batch": cfg.inner_batch,
             "eval_inner_batch": cfg.eval_inner_batch,
         }
@@ -342,6 +397,16 @@ class InnerLoopLearner(Algorithm):
     @property
     def test_steps(self) -> int:
         return self.eval_inner_steps
+
+    @property
+    def second_order(self) -> bool:
+        """Whether the meta-gradient differentiates through the inner gradients now (MAML's
+        second-order meta-gradient)."""
+        return False
+
+    def share_meta_batches(self, gather: Callable[[Any], list[Any]]) -> None:
+        """The carried state sums up the tasks of every process (:meth:`carry`)."""
+        self.gather = gather
 
     def precision_scope(self, device: torch.device) -> AbstractContextManager[Any]:
         """Autocast to :attr:`precision` on ``device`` (float32: the caller's autocast holds)."""
@@ -418,7 +483,8 @@ class InnerLoopLearner(Algorithm):
         batches: Tensor | None = None,
     ) -> Adaptation:
         """Run the inner loop from the model's parameters on one task (reference path:
-        ``support_x [n, ...]``) or a task group (fast path: ``[G, n, ...]``).
+        ``support_x [n, ...]``) or a task group (fast path: ``[G, n, ...]``), with the update
+        rule's state from the carried state (or fresh).
 
         ``detach``: start from a copy of the parameters outside the graph (evaluation,
         Reptile); else the trajectory stays differentiable in the model's parameters.
@@ -429,6 +495,7 @@ class InnerLoopLearner(Algorithm):
                 params = {
                     n: p.detach().requires_grad_(n in self.adapted) for n, p in params.items()
                 }
+            state = UpdateState() if self.carried is None else self.carried.start()
             inner: Forward = self.reference
             predict, features = inner, _identity
             fast = self.fast_forward
@@ -456,8 +523,9 @@ class InnerLoopLearner(Algorithm):
                 ),
                 self.update,
                 batches,
+                state,
             )
-        return Adaptation(trajectory, predict, features)
+        return Adaptation(trajectory, predict, features, state)
 
     def _at_step(self, params: Params, step: int, tasks: int | None, detach: bool) -> Params:
         """``params`` with :meth:`step_parameters` of ``step`` put in (expanded to ``tasks``
@@ -487,31 +555,34 @@ class InnerLoopLearner(Algorithm):
         )
 
     def ordered(
-        self,
-        batch: EpisodeBatch,
-        steps: int,
-        size: int | None,
-        generator: torch.Generator | None = None,
+        self, batch: EpisodeBatch, steps: int, size: int | None, test: bool
     ) -> EpisodeBatch:
         """``batch`` with the :func:`support_batches` of ``size`` examples for ``steps`` inner
-        steps (as it is when each step reads all of the support set)."""
+        steps, ordered by :meth:`order_keys` (as it is when each step reads all of the support
+        set)."""
         batches = support_batches(
-            len(batch),
+            self.order_keys(batch.keys, len(batch), test),
             batch.support_x.shape[1],
             steps,
             size or 0,
             batch.support_x.device,
-            generator,
         )
         if batches is None:
             return batch
         values = {f.name: getattr(batch, f.name) for f in fields(EpisodeBatch)}
         return OrderedBatch(**values, batches=batches)
 
-    def test_order(self) -> torch.Generator:
-        """The generator of the test-time mini-batches: seeded alike at every call, so that a
-        test does not depend on, or change, the global random state."""
-        return torch.Generator().manual_seed(TEST_ORDER_SEED)
+    def order_keys(self, keys: Tensor | None, tasks: int, test: bool) -> Tensor:
+        """The keys of the mini-batch orders of ``tasks`` tasks: their own ``keys`` (their
+        places in their streams: the same whichever process or batch has them); without
+        them, drawn from the global random state while meta-training, and at ``test`` those of
+        the first episodes of the fixed set of seed :data:`TEST_ORDER_SEED`, so that a test
+        does not depend on, or change, the global random state."""
+        if keys is not None:
+            return keys
+        if test:
+            return task_keys(TEST_ORDER_SEED, FIXED_STREAM, 0, tasks)
+        return torch.randint(2**62, (tasks,))
 
     # ------------------------------------------------------------------ meta-testing
     def adapt(self, support_x: Tensor, support_y: Tensor, ways: int) -> Predictor:
@@ -525,8 +596,8 @@ class InnerLoopLearner(Algorithm):
         fast = self.fast_forward is not None
         steps = self.eval_inner_steps
         batches = support_batches(
-            1, len(support_x), steps, self.eval_inner_batch or 0, support_x.device,
-            self.test_order(),
+            self.order_keys(None, 1, test=True), len(support_x), steps,
+            self.eval_inner_batch or 0, support_x.device,
         )  # fmt: skip
         if fast:
             support_x, support_y = support_x.unsqueeze(0), support_y.unsqueeze(0)
@@ -546,7 +617,7 @@ class InnerLoopLearner(Algorithm):
     def evaluate(self, batch: EpisodeBatch) -> Tensor:
         """Per-episode query metric ``[B]`` after ``eval_inner_steps`` steps (task groups at a
         time on the fast path, shared out to the workers on the CPU)."""
-        batch = self.ordered(batch, self.eval_inner_steps, self.eval_inner_batch, self.test_order())
+        batch = self.ordered(batch, self.eval_inner_steps, self.eval_inner_batch, test=True)
         return torch.cat(self.in_parallel(self.serial_evaluate, self.shares(batch)))
 
     def serial_evaluate(self, batch: EpisodeBatch) -> Tensor:
@@ -565,25 +636,29 @@ class InnerLoopLearner(Algorithm):
         """Mean over tasks of :meth:`group_loss`. On the fast path (with grad enabled) each
         task group is differentiated as soon as its loss is computed, in the workers' threads,
         and the result is a surrogate with the same value and gradient (module doc). The
-        ``inner_batch`` mini-batches come from the global random state."""
-        batch = self.ordered(batch, self.inner_steps, self.inner_batch)
+        ``inner_batch`` mini-batches follow the tasks' keys (:meth:`order_keys`); a carried
+        inner state advances by the batch's tasks (:meth:`carry`)."""
+        batch = self.ordered(batch, self.inner_steps, self.inner_batch, test=False)
         params = [p for p in self.parameters() if p.requires_grad]
         if self.fast_forward is None or not torch.is_grad_enabled() or not params:
             sums = [self.group_loss(batch, task) for task in self.task_groups(batch)]
+            self.carry([s[2] for s in sums])
             return MetaLoss(
                 sum(s[0] for s in sums) / len(batch), sum(s[1] for s in sums) / len(batch)
             )
 
-        def differentiate(share: EpisodeBatch) -> tuple[Tensor, Tensor, list[Tensor | None]]:
-            value, metric, grads = 0.0, 0.0, [None] * len(params)
+        def differentiate(share: EpisodeBatch) -> tuple[Any, ...]:
+            value, metric, grads, blocks = 0.0, 0.0, [None] * len(params), []
             for task in self.task_groups(share):
-                loss, hits = self.group_loss(share, task)
+                loss, hits, block = self.group_loss(share, task)
                 step = torch.autograd.grad(loss / len(batch), params, allow_unused=True)
                 grads = [_add(a, b) for a, b in zip(grads, step, strict=True)]
                 value, metric = value + loss.detach(), metric + hits
-            return value, metric, grads
+                blocks.append(block)
+            return value, metric, grads, blocks
 
         results = self.in_parallel(differentiate, self.shares(batch))
+        self.carry([block for r in results for block in r[3]])
         value = sum(r[0] for r in results) / len(batch)
         surrogate = sum(
             (
@@ -597,10 +672,39 @@ class InnerLoopLearner(Algorithm):
         loss = value + (surrogate - surrogate.detach())
         return MetaLoss(loss, sum(r[1] for r in results) / len(batch))
 
-    @abstractmethod
-    def group_loss(self, batch: EpisodeBatch, task: int | slice) -> tuple[Tensor, Tensor]:
+    def group_loss(
+        self, batch: EpisodeBatch, task: int | slice
+    ) -> tuple[Tensor, Tensor, Block | None]:
         """The sums over the tasks ``task`` of the batch (one task, or a task group: see
-        :meth:`task_groups`) of the differentiable meta-loss and of the detached metric."""
+        :meth:`task_groups`) of the differentiable meta-loss and of the detached metric
+        (:meth:`outer_loss` after ``inner_steps`` steps), and their share of the carried state
+        (``None``: fresh)."""
+        with self.precision_scope(batch.query_x.device):
+            adapted = self.adapt_tasks(
+                batch, task, self.inner_steps, self.second_order, not self.through_adaptation
+            )
+            loss, metric = self.outer_loss(batch, task, adapted)
+        if self.carried is None:
+            return loss, metric, None
+        tasks = len(batch.support_x[task]) if isinstance(task, slice) else 1
+        return loss, metric, self.carried.block(adapted.state, tasks, self.inner_steps)
+
+    @abstractmethod
+    def outer_loss(
+        self, batch: EpisodeBatch, task: int | slice, adapted: Adaptation
+    ) -> tuple[Tensor, Tensor]:
+        """The sums over the tasks ``task`` of the batch of the differentiable meta-loss and
+        of the detached metric, from their ``adapted`` parameters."""
+
+    def carry(self, blocks: list[Block | None]) -> None:
+        """Advance the carried state by the blocks of a meta-batch's tasks, in their order,
+        after those of the processes before this one (:meth:`share_meta_batches`) and before
+        those after it (:mod:`~lifelong.algorithms.carried_state`); nothing when fresh."""
+        if self.carried is None:
+            return
+        steps = self.inner_steps
+        mine = self.carried.fold(cast(list[Block], blocks), steps)
+        self.carried.advance(self.carried.fold(self.gather(mine), steps), steps)
 
     # ------------------------------------------------------------------ threads
     def shares(self, batch: EpisodeBatch) -> list[EpisodeBatch]:
@@ -653,6 +757,11 @@ class ModelEmbedding(nn.Module):
 
 def _identity(x: Tensor) -> Tensor:
     return x
+
+
+def _alone(value: Any) -> list[Any]:
+    """Every process's ``value`` when this process is the only one."""
+    return [value]
 
 
 def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:

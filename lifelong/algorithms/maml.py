@@ -53,7 +53,7 @@ import torch
 from torch import Tensor, nn
 
 from lifelong.algorithms.base import ModelFactory
-from lifelong.algorithms.inner_loop import InnerLoopLearner
+from lifelong.algorithms.inner_loop import Adaptation, InnerLoopLearner
 from lifelong.algorithms.inner_update import inner_update
 from lifelong.algorithms.precision import Precision
 from lifelong.data.episodes import EpisodeBatch
@@ -92,9 +92,10 @@ class MAML(InnerLoopLearner):
             reference loop over tasks).
         task_chunk, workers: tasks run side by side on the fast path, and threads sharing
             out the tasks on the CPU (``None``: the measured defaults).
-        inner_optimizer, inner_batch, eval_inner_batch: the inner update rule and
-            mini-batches (see :class:`~lifelong.algorithms.inner_loop.InnerLoopLearner`);
-            Adam only with ``first_order``.
+        inner_optimizer, inner_batch, eval_inner_batch, inner_optimizer_state: the inner
+            update rule, mini-batches and whether Adam's state is carried from task to task
+            (see :class:`~lifelong.algorithms.inner_loop.InnerLoopLearner`); Adam only with
+            ``first_order``.
         precision: mixed precision of the task computations (see
             :class:`~lifelong.algorithms.inner_loop.InnerLoopLearner`); ``"bfloat16"`` on a
             CPU with AVX-512-BF16 is about 2.9x as fast as the plain loop
@@ -156,6 +157,7 @@ class MAML(InnerLoopLearner):
         inner_optimizer: str = "sgd",
         inner_batch: int | None = None,
         eval_inner_batch: int | None = None,
+        inner_optimizer_state: str = "fresh",
     ) -> None:
         if not first_order and not inner_update(inner_optimizer).second_order:
             raise ValueError(
@@ -174,6 +176,13 @@ class MAML(InnerLoopLearner):
             )
         if step_weight_annealing and not multi_step_loss:
             raise ValueError("step_weight_annealing anneals the multi_step_loss: turn it on")
+        params = dict(model.named_parameters())
+        norms: list[str] = []
+        if per_step_bn:
+            layers = _batch_norms(model)
+            norms = [n for n in params if n.rsplit(".", 1)[0] in layers]
+            if not norms:
+                raise ValueError("per_step_bn needs a model with affine batch norm layers")
         super().__init__(
             model,
             inner_lr=inner_lr,
@@ -188,6 +197,8 @@ class MAML(InnerLoopLearner):
             inner_optimizer=inner_optimizer,
             inner_batch=inner_batch,
             eval_inner_batch=eval_inner_batch,
+            inner_optimizer_state=inner_optimizer_state,
+            fixed=tuple(norms),
         )
         self.first_order = first_order
         self.meta_sgd, self.per_step_lr = meta_sgd, per_step_lr
@@ -195,14 +206,8 @@ class MAML(InnerLoopLearner):
         self.step_weight_annealing = step_weight_annealing
         self.first_order_steps = first_order_steps
         self.iteration = 0
-        params = dict(model.named_parameters())
         self.step_norms: nn.ParameterDict | None = None
         if per_step_bn:
-            layers = _batch_norms(model)
-            norms = [n for n in params if n.rsplit(".", 1)[0] in layers]
-            if not norms:
-                raise ValueError("per_step_bn needs a model with affine batch norm layers")
-            self.adapted = tuple(n for n in self.adapted if n not in norms)
             self.step_norms = nn.ParameterDict(
                 {
                     _key(n): nn.Parameter(
@@ -250,19 +255,19 @@ class MAML(InnerLoopLearner):
         row = min(step, self.inner_steps) - 1
         return {name.replace(":", "."): rows[row] for name, rows in self.step_norms.items()}
 
-    def group_loss(self, batch: EpisodeBatch, task: int | slice) -> tuple[Tensor, Tensor]:
+    def outer_loss(
+        self, batch: EpisodeBatch, task: int | slice, adapted: Adaptation
+    ) -> tuple[Tensor, Tensor]:
         """Query loss at the adapted parameters (with ``multi_step_loss``: weighted over the
         inner steps) and query accuracy (or MSE) after the last step, summed over the tasks."""
         steps = self.inner_steps
-        with self.precision_scope(batch.query_x.device):
-            adapted = self.adapt_tasks(batch, task, steps, self.second_order, detach=False)
-            query_y = batch.query_y[task]
-            features = adapted.features(batch.query_x[task])
-            loss = 0.0
-            for step in range(1, steps + 1) if self.multi_step_loss else [steps]:
-                out = adapted.predict(adapted.trajectory[step], features)
-                weight = self.step_weights[step - 1] if self.multi_step_loss else 1.0
-                loss = loss + weight * self.task_losses(out, query_y, batch.ways).sum()
+        query_y = batch.query_y[task]
+        features = adapted.features(batch.query_x[task])
+        loss = 0.0
+        for step in range(1, steps + 1) if self.multi_step_loss else [steps]:
+            out = adapted.predict(adapted.trajectory[step], features)
+            weight = self.step_weights[step - 1] if self.multi_step_loss else 1.0
+            loss = loss + weight * self.task_losses(out, query_y, batch.ways).sum()
         return loss, self.task_metrics(out.detach(), query_y, batch.ways).sum()
 
 

@@ -17,13 +17,18 @@ The paper's experiments (appendix A; :attr:`Reptile.defaults`, Omniglot 5-way): 
 with ``beta1 = 0``, learning rate 0.001, on mini-batches of 10 of the task's 50 training images
 (``inner_batch``), 5 steps (one epoch); 5 tasks per meta-update; outer SGD steps of epsilon = 1
 annealed linearly to 0 over 100,000 meta-updates (``meta_optimizer`` sgd, ``meta_lr`` 1,
-``lr_schedule`` linear); at test 50 Adam steps on batches of 5. One difference: Adam's moments
-start at zero for every task here (the tasks run side by side), where the paper's code keeps
-them from task to task (it resets only the weights).
+``lr_schedule`` linear); at test 50 Adam steps on batches of 5. As in the paper's code
+(github.com/openai/supervised-reptile, which resets only the weights around each task's inner
+loop and saves and restores the whole state around a test), Adam's state is carried from task
+to task and into every test adaptation, which leaves it unchanged (``inner_optimizer_state``
+carried: :mod:`~lifelong.algorithms.carried_state`). One difference remains: the tasks of a
+meta-batch run side by side, each from the state the meta-batches before left, and their
+steps are then added to the state as if they had run one after another, where the paper's
+code starts each task from the state the one before it left.
 
 Example:
     >>> reptile = Reptile(model, inner_lr=1e-3, inner_steps=5, inner_optimizer="adam",
-    ...                   inner_batch=10)
+    ...                   inner_optimizer_state="carried", inner_batch=10)
     >>> optimizer = torch.optim.SGD(reptile.parameters(), lr=1.0)   # epsilon = 1
     >>> reptile.meta_loss(batch).loss.backward(); optimizer.step()
 """
@@ -35,7 +40,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from lifelong.algorithms.inner_loop import InnerLoopLearner
+from lifelong.algorithms.inner_loop import Adaptation, InnerLoopLearner
 from lifelong.data.episodes import EpisodeBatch
 
 
@@ -51,6 +56,8 @@ class Reptile(InnerLoopLearner):
         inner_optimizer: ``"sgd"`` or ``"adam"`` (the paper's, with ``inner_beta1`` 0).
         inner_batch, eval_inner_batch: support examples per inner step while meta-training
             and at test (``None``: all).
+        inner_optimizer_state: ``"fresh"`` (Adam's state from zero in every inner loop) or
+            ``"carried"`` from task to task (the paper's code; needs ``"adam"``).
         regression: MSE instead of cross-entropy.
         fast, task_chunk, workers: as in :class:`~lifelong.algorithms.maml.MAML`.
     """
@@ -58,6 +65,7 @@ class Reptile(InnerLoopLearner):
     defaults: ClassVar[dict[str, Any]] = {
         "meta_batch": 5,
         "inner_optimizer": "adam",
+        "inner_optimizer_state": "carried",
         "inner_lr": 0.001,
         "inner_steps": 5,
         "inner_batch": 10,
@@ -66,11 +74,13 @@ class Reptile(InnerLoopLearner):
         "meta_optimizer": "sgd",
         "meta_lr": 1.0,
         "lr_schedule": "linear",
-    }  # Nichol et al. 2018, appendix A, table 3 (Omniglot and Mini-ImageNet, 5-way)
+    }  # Nichol et al. 2018, appendix A, table 3 (Omniglot and Mini-ImageNet, 5-way); the state
+    # as their code carries it
     dataset_defaults: ClassVar[dict[str, dict[str, Any]]] = {
         "miniimagenet": {"inner_steps": 8},
         "sinusoid": {  # the sine demo of the paper's blog post: SGD inside, outer step 0.1
             "inner_optimizer": "sgd",
+            "inner_optimizer_state": "fresh",
             "inner_lr": 0.01,
             "inner_batch": 0,
             "eval_inner_steps": 5,
@@ -78,6 +88,7 @@ class Reptile(InnerLoopLearner):
             "meta_lr": 0.1,
         },
     }
+    through_adaptation = False  # the meta-gradient is the surrogate's
 
     def __init__(
         self,
@@ -93,6 +104,7 @@ class Reptile(InnerLoopLearner):
         inner_beta1: float = 0.0,
         inner_batch: int | None = None,
         eval_inner_batch: int | None = None,
+        inner_optimizer_state: str = "fresh",
     ) -> None:
         super().__init__(
             model,
@@ -107,12 +119,14 @@ class Reptile(InnerLoopLearner):
             inner_beta1=inner_beta1,
             inner_batch=inner_batch,
             eval_inner_batch=eval_inner_batch,
+            inner_optimizer_state=inner_optimizer_state,
         )
 
-    def group_loss(self, batch: EpisodeBatch, task: int | slice) -> tuple[Tensor, Tensor]:
+    def outer_loss(
+        self, batch: EpisodeBatch, task: int | slice, adapted: Adaptation
+    ) -> tuple[Tensor, Tensor]:
         """Sums over the tasks of the query loss after adaptation (the value) plus a term of
         value zero and gradient ``theta - theta'_i``; and of the query accuracy (or MSE)."""
-        adapted = self.adapt_tasks(batch, task, self.inner_steps, False, detach=True)
         final = adapted.trajectory[-1]
         moves = 0.0
         for name, theta in self.model.named_parameters():

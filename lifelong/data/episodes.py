@@ -59,8 +59,12 @@ class Episode:
 class EpisodeBatch:
     """B episodes stacked: ``support_x [B, N*K, ...]``, ``support_y [B, N*K]``,
     ``query_x [B, N*Q, ...]``, ``query_y [B, N*Q]``; ``classes [B, N]`` holds the dataset class
-    index behind each label (``None`` for regression tasks). Images stay ``uint8`` until
-    :meth:`to` turns them into floats in ``[0, 1]`` on the target device."""
+    index behind each label (``None`` for regression tasks); ``keys [B]`` (int64, kept on the
+    CPU) seed the learner's own random draws on each task, such as the order of an inner loop's
+    mini-batches (:func:`task_keys`: a function of the task's place in its stream, so not of
+    the process or batch that draws it; ``None``: the learner draws from its own state).
+    Images stay ``uint8`` until :meth:`to` turns them into floats in ``[0, 1]`` on the target
+    device."""
 
     support_x: Tensor
     support_y: Tensor
@@ -69,6 +73,7 @@ class EpisodeBatch:
     ways: int
     shots: int
     classes: Tensor | None = None
+    keys: Tensor | None = None
 
     def __len__(self) -> int:
         return self.support_x.shape[0]
@@ -89,6 +94,7 @@ class EpisodeBatch:
             self.ways,
             self.shots,
             None if self.classes is None else to_device(self.classes, device, dtype),
+            self.keys,
         )
 
     def __getitem__(self, index: int | slice) -> Episode | EpisodeBatch:
@@ -102,6 +108,7 @@ class EpisodeBatch:
                 self.ways,
                 self.shots,
                 None if self.classes is None else self.classes[index],
+                None if self.keys is None else self.keys[index],
             )
         return Episode(
             self.support_x[index],
@@ -169,13 +176,35 @@ TASK_STREAM = 2**31 - 3
 ``SeedSequence`` pads keys with zeros, so no other stream may use it)."""
 FIXED_CHUNK = 1024
 """Fixed sets are drawn this many episodes at a time, to bound the memory of the draw."""
+LEARNER_DRAWS = 1
+"""The key after a task's index that seeds the learner's own draws on the task
+(:func:`task_keys`); the task itself is drawn under key 0 (``SeedSequence`` pads with zeros)."""
+
+
+def stream_seed(seed: int, stream: int = 0, *key: int) -> int:
+    """The 64-bit seed of the random stream (``seed``, ``stream``, ``key``...) (numpy
+    ``SeedSequence`` mixing): different keys never share draws."""
+    words = np.random.SeedSequence([seed, stream, *key]).generate_state(2, dtype=np.uint32)
+    return int(words[0]) << 32 | int(words[1])
 
 
 def stream_generator(seed: int, stream: int = 0, *key: int) -> torch.Generator:
-    """An independent random stream for (``seed``, ``stream``, ``key``...) (numpy
-    ``SeedSequence`` mixing): different keys never share draws."""
-    words = np.random.SeedSequence([seed, stream, *key]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(words[0]) << 32 | int(words[1]))
+    """A generator of the random stream :func:`stream_seed` (``seed``, ``stream``, ``key``...)."""
+    return torch.Generator().manual_seed(stream_seed(seed, stream, *key))
+
+
+def task_keys(seed: int, stream: int, first: int, count: int) -> Tensor:
+    """The :attr:`EpisodeBatch.keys` of tasks ``first .. first + count - 1`` of ``stream``
+    (:data:`TASK_STREAM`, :data:`FIXED_STREAM`) of ``seed``: int64 seeds of the learner's own
+    draws on each task, independent of the draws that made the task.
+
+    Example:
+        >>> task_keys(0, TASK_STREAM, 5, 2).equal(task_keys(0, TASK_STREAM, 0, 7)[5:])
+        True
+    """
+    return torch.tensor(
+        [stream_seed(seed, stream, first + i, LEARNER_DRAWS) >> 1 for i in range(count)]
+    )
 
 
 def task_generator(seed: int, task: int) -> torch.Generator:
@@ -203,10 +232,11 @@ class TaskStream(ABC):
 
     def tasks(self, first: int, count: int) -> EpisodeBatch:
         """Tasks ``first .. first + count - 1`` of the stream (task ``i`` from
-        ``task_generator(seed, i)``)."""
+        ``task_generator(seed, i)``, with its :func:`task_keys`)."""
         if count < 1 or first < 0:
             raise ValueError(f"tasks {first}.. ({count}): first >= 0 and count >= 1 are needed")
-        return self.draw_each([task_generator(self.seed, first + i) for i in range(count)])
+        batch = self.draw_each([task_generator(self.seed, first + i) for i in range(count)])
+        return replace(batch, keys=task_keys(self.seed, TASK_STREAM, first, count))
 
     def draw_each(self, generators: list[torch.Generator]) -> EpisodeBatch:
         """One task from each generator, in a batch (:meth:`draw` of one task each)."""
@@ -354,21 +384,28 @@ class EpisodeSampler(TaskStream):
             for start in range(0, episodes, FIXED_CHUNK)
         ]
         return FixedEpisodes(
-            self, torch.cat([c for c, _ in chunks]), torch.cat([i for _, i in chunks])
+            self,
+            torch.cat([c for c, _ in chunks]),
+            torch.cat([i for _, i in chunks]),
+            task_keys(seed, FIXED_STREAM, 0, episodes),
         )
 
 
 class FixedEpisodes:
     """A reproducible evaluation set: the indices of a fixed list of episodes, materialised
-    batch by batch."""
+    batch by batch, each episode with its :func:`task_keys` (by its place in the set, so that
+    what a learner draws for it does not depend on the batches)."""
 
-    def __init__(self, sampler: EpisodeSampler, classes: Tensor, index: Tensor) -> None:
-        self.sampler, self.classes, self.index = sampler, classes, index
+    def __init__(
+        self, sampler: EpisodeSampler, classes: Tensor, index: Tensor, keys: Tensor
+    ) -> None:
+        self.sampler, self.classes, self.index, self.keys = sampler, classes, index, keys
 
     def __len__(self) -> int:
         return self.index.shape[0]
 
     def batches(self, batch_size: int) -> Iterator[EpisodeBatch]:
         for start in range(0, len(self), batch_size):
-            stop = start + batch_size
-            yield self.sampler._gather(self.classes[start:stop], self.index[start:stop])
+            part = slice(start, start + batch_size)
+            batch = self.sampler._gather(self.classes[part], self.index[part])
+            yield replace(batch, keys=self.keys[part])

@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 from packaging.version import Version
 
-from lifelong.algorithms.inner_update import INNER_OPTIMIZERS
+from lifelong.algorithms.inner_update import INNER_OPTIMIZER_STATES, INNER_OPTIMIZERS
 from lifelong.algorithms.precision import PRECISIONS
 from lifelong.files import atomic_write
 from lifelong.unlabeled.registry import TASK_CONSTRUCTIONS
@@ -46,6 +46,7 @@ BUILT_IN_FALLBACKS = {
     "meta_lr": 1e-3,
     "lr_schedule": "none",
     "inner_optimizer": "sgd",
+    "inner_optimizer_state": "fresh",
     "inner_batch": 0,
     "eval_inner_batch": 0,
 }
@@ -127,7 +128,9 @@ class RunConfig:
 
     Inner loop (MAML family, Reptile; FineTune's head fitting): ``inner_lr``, ``inner_steps``
     while meta-training and ``eval_inner_steps`` at test time; ``inner_optimizer`` (``sgd``, or
-    ``adam`` with beta1 = 0, first order: Reptile's), ``inner_batch`` and ``eval_inner_batch``
+    ``adam`` with beta1 = 0, first order: Reptile's), ``inner_optimizer_state`` (Adam's state
+    ``fresh`` in every inner loop, or ``carried`` from task to task and into test adaptations,
+    as Nichol et al. 2018's code for Reptile keeps it), ``inner_batch`` and ``eval_inner_batch``
     (support examples per step, a per-task shuffle cut into batches; 0: all); MAML++ (Antoniou
     et al. 2019):
     ``per_step_lr`` (a learned inner learning rate per step and parameter tensor),
@@ -227,6 +230,12 @@ class RunConfig:
         None,
         "Inner-loop update: sgd, or adam (first order) (default: the algorithm's; sgd).",
         choices=INNER_OPTIMIZERS,
+        algorithm_option=True,
+    )
+    inner_optimizer_state: str | None = option(
+        None,
+        "Inner Adam's state: fresh every task, or carried across (default: the algorithm's).",
+        choices=INNER_OPTIMIZER_STATES,
         algorithm_option=True,
     )
     inner_batch: int | None = option(

@@ -263,8 +263,10 @@ class Trainer:
 
     In a process group (:mod:`lifelong.pipeline.distributed`) each step draws this rank's
     ``config.meta_batch / world_size`` tasks of the stream (module doc), batch norm with running
-    statistics becomes :class:`~lifelong.pipeline.distributed.GlobalBatchNorm` and every rank starts
-    from rank 0's parameters.
+    statistics becomes :class:`~lifelong.pipeline.distributed.GlobalBatchNorm`, the algorithm
+    gathers what it sums up over a meta-batch from every rank
+    (:meth:`~lifelong.algorithms.base.Algorithm.share_meta_batches`) and every rank starts from
+    rank 0's parameters.
     """
 
     def __init__(
@@ -289,6 +291,7 @@ class Trainer:
         self.device = torch.device(device)
         if self.world.distributed:
             algorithm = sync_batch_norm(algorithm)
+            algorithm.share_meta_batches(all_gather_state)
         self.algorithm = algorithm.to(self.device).train()
         broadcast_module(self.algorithm)
         self.config, self.sampler, self.facts = config, sampler, facts
