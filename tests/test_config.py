@@ -12,7 +12,8 @@ import yaml
 
 from lifelong.pipeline.config import ConfigError, RunConfig
 from lifelong.pipeline.data import DataFacts, episode_count
-from lifelong.pipeline.factory import build_algorithm
+from lifelong.pipeline.factory import build_algorithm, resolve_config
+from lifelong.pipeline.train import check_resumable, continued
 
 
 def test_yaml_round_trip(tmp_path):
@@ -180,3 +181,11 @@ def test_checkpoints_saved_before_an_option_existed_keep_their_training():
         {"config": {**new["config"], "inner_optimizer_state": "carried"}}
     )
     assert build_algorithm(carried.override(backbone="mlp"), facts).carried is not None
+    # resumed with its config.yaml, written before the option: it goes on as it was trained
+    values = resolve_config(RunConfig(algorithm="reptile", out="run")).to_dict()
+    del values["inner_optimizer_state"]
+    given = RunConfig.from_dict(values)
+    assert resolve_config(given).inner_optimizer_state == "carried"  # Reptile's default now
+    resumed = resolve_config(continued(given, {"version": "0.2.0", "config": values}))
+    assert resumed.inner_optimizer_state == "fresh"
+    check_resumable(RunConfig.of_checkpoint({"config": values}), resumed)

@@ -625,11 +625,14 @@ def train(
     """
     if config.out is None:
         raise ConfigError("no run folder given: set `out` RUN_DIR")
-    config = resolve_config(config)
     device = resolve_device(config.device, local_rank())
     with process_group(device) as world:
         run_dir = Path(config.out)
-        state = on_main(lambda: _saved_state(run_dir, config, resume))
+        given = config
+        state = on_main(lambda: _saved_state(run_dir, given, resume))
+        if state is not None:
+            config = continued(config, state)
+        config = resolve_config(config)
         seed_everything(config.seed, config.deterministic)  # the same model on every rank
         data = load_data(config)
         algorithm = build_algorithm(config, data.facts)
@@ -660,6 +663,13 @@ def train(
         return trainer.fit()
 
 
+def continued(config: RunConfig, state: dict[str, Any]) -> RunConfig:
+    """``config`` for resuming the checkpoint ``state``: the options it leaves unset (to the
+    algorithm's default) take the run's own values, so that a run saved before an option
+    existed goes on as it was trained (:meth:`RunConfig.of_checkpoint`)."""
+    return config.with_defaults(RunConfig.of_checkpoint(state).to_dict(), "the resumed run")
+
+
 def _saved_state(run_dir: Path, config: RunConfig, resume: bool) -> dict[str, Any] | None:
     """The checkpoint to resume (checked against ``config``), or ``None`` for a new run in a
     folder that holds none."""
@@ -667,7 +677,7 @@ def _saved_state(run_dir: Path, config: RunConfig, resume: bool) -> dict[str, An
         if not has_checkpoint(run_dir, "last"):
             raise ConfigError(f"nothing to resume: {str(run_dir)!r} has no checkpoint")
         state = load_checkpoint(run_dir, "last")
-        check_resumable(RunConfig.of_checkpoint(state), config)
+        check_resumable(RunConfig.of_checkpoint(state), resolve_config(continued(config, state)))
         return state
     if has_checkpoint(run_dir, "last"):
         raise ConfigError(
