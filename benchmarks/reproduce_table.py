@@ -68,11 +68,16 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 
 
 def of_setting(record: dict[str, Any], row: Row) -> bool:
-    """Whether ``record`` measured ``row``'s setting as the row file reads today: the options
-    read with the meaning they had in the version that made the record
-    (:meth:`RunConfig.of_checkpoint`; e.g. Omniglot's ``vinyals`` split before 0.2.0) are
-    the row's."""
-    state = {"config": row.train.to_dict(), "version": record.get("lifelong", "0")}
+    """Whether ``record`` measured ``row``'s setting as the row file and the algorithm's
+    defaults read today: the run's own config where the record holds it (records since
+    0.2.0's carried Reptile state), read with the meaning it had in the version that made the
+    record (:meth:`RunConfig.of_checkpoint`; e.g. Omniglot's ``vinyals`` split before 0.2.0);
+    for older records, only the row file's options so read."""
+    version = record.get("lifelong", "0")
+    if "config" in record:
+        run = RunConfig.of_checkpoint({"config": record["config"], "version": version})
+        return not reproduce.config_differences(row, run)
+    state = {"config": row.train.to_dict(), "version": version}
     return RunConfig.of_checkpoint(state) == row.train
 
 

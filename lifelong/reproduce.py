@@ -675,6 +675,7 @@ def reproduce(
         "differences": list(row.differences),
         "notes": notes,
         "config_differences": drift,
+        "config": tested.config.to_dict(),
         "command": command,
     }
     if results is not None:

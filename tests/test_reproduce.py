@@ -21,9 +21,9 @@ from tiny_strokes import STROKES_DATA
 import lifelong
 import lifelong.reproduce as reproduce_module
 from lifelong.cli import main
-from lifelong.pipeline.config import ConfigError
+from lifelong.pipeline.config import ConfigError, RunConfig
 from lifelong.pipeline.data import DataFacts
-from lifelong.pipeline.factory import build_algorithm
+from lifelong.pipeline.factory import build_algorithm, resolve_config
 from lifelong.reproduce import (
     LEDGER,
     RESULTS,
@@ -219,6 +219,7 @@ def test_a_tiny_row_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert isinstance(record["machine"]["cpu"], str) and record["torch"] and record["lifelong"]
     assert record["git_commit"] is None or len(record["git_commit"]) == 40
     assert datetime.fromisoformat(record["date"]).tzinfo is not None
+    assert RunConfig.from_dict(record["config"]).ways == 3
     assert record["run_dir"] == str(out) and record["differences"] == TINY_ROW["differences"]
     assert record["command"].startswith(f"lifelong reproduce {path} --out {out}")
     assert record["notes"] == [] and record["config_differences"] == {}
@@ -404,3 +405,10 @@ def test_records_of_an_older_meaning_of_the_row_are_not_its_results() -> None:
     assert not of_setting({"lifelong": "0.1.0"}, protonet)
     assert of_setting({"lifelong": "0.2.0"}, protonet)
     assert of_setting({"lifelong": "0.1.0"}, maml)  # class_split random: the same then and now
+    # a record with its run's config: compared with the row and the algorithm's defaults today
+    reptile = load_row("reptile-omniglot-5w1s")
+    ran = resolve_config(reptile.train).to_dict()
+    assert of_setting({"lifelong": "0.2.0", "config": ran}, reptile)
+    fresh = {**ran, "inner_optimizer_state": "fresh"}  # Reptile's default before carried
+    assert not of_setting({"lifelong": "0.2.0", "config": fresh}, reptile)
+    assert of_setting({"lifelong": "0.2.0", "config": {**ran, "out": "elsewhere"}}, reptile)
