@@ -30,9 +30,10 @@ import torch
 
 from lifelong.pipeline.config import RunConfig
 from lifelong.pipeline.data import load_data
-from lifelong.pipeline.evaluate import confidence_interval, episode_metrics
+from lifelong.pipeline.evaluate import episode_metrics
 from lifelong.pipeline.train import train
 from lifelong.pipeline.trained import load_trained
+from lifelong.stats import summary
 
 HERE = Path(__file__).resolve().parent
 SETTING = {
@@ -46,11 +47,6 @@ SETTING = {
     "checkpoint_every": 100_000,
     "device": "cpu",
 }
-
-
-def summary(values: torch.Tensor) -> dict[str, float | None]:
-    mean, ci95 = confidence_interval(values)
-    return {"mean": round(mean, 5), "ci95": None if ci95 is None else round(ci95, 5)}
 
 
 def run_seed(seed: int, iterations: int, episodes: int, folder: Path) -> dict:

@@ -32,17 +32,13 @@ from pathlib import Path
 import torch
 
 from lifelong.pipeline.data import load_data
-from lifelong.pipeline.evaluate import confidence_interval, episode_metrics
+from lifelong.pipeline.evaluate import episode_metrics
 from lifelong.pipeline.train import train
 from lifelong.pipeline.trained import load_trained
 from lifelong.reproduce import load_row, machine
+from lifelong.stats import summary
 
 HERE = Path(__file__).resolve().parent
-
-
-def summary(values: torch.Tensor) -> dict[str, float | None]:
-    mean, ci95 = confidence_interval(values)
-    return {"mean": round(mean, 5), "ci95": None if ci95 is None else round(ci95, 5)}
 
 
 def main() -> None:

@@ -67,18 +67,27 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def of_setting(record: dict[str, Any], row: Row) -> bool:
+def of_setting(record: dict[str, Any], row: Row, configured: bool = False) -> bool:
     """Whether ``record`` measured ``row``'s setting as the row file and the algorithm's
     defaults read today: the run's own config where the record holds it (records since
     0.2.0's carried Reptile state), read with the meaning it had in the version that made the
-    record (:meth:`RunConfig.of_checkpoint`; e.g. Omniglot's ``vinyals`` split before 0.2.0);
-    for older records, only the row file's options so read."""
+    record (:meth:`RunConfig.of_checkpoint`; e.g. Omniglot's ``vinyals`` split before 0.2.0).
+    An older record, without its config, cannot show the algorithm's defaults of its day: it
+    counts only while the row has no record with a config (``configured``: it has one), and
+    then only where the row file's options so read are today's."""
     version = record.get("lifelong", "0")
     if "config" in record:
         run = RunConfig.of_checkpoint({"config": record["config"], "version": version})
         return not reproduce.config_differences(row, run)
     state = {"config": row.train.to_dict(), "version": version}
-    return RunConfig.of_checkpoint(state) == row.train
+    return not configured and RunConfig.of_checkpoint(state) == row.train
+
+
+def of_row(records: list[dict[str, Any]], row: Row) -> list[dict[str, Any]]:
+    """The records of ``row`` that measured its setting of today (:func:`of_setting`)."""
+    mine = [r for r in records if r["row"] == row.name]
+    configured = any("config" in r for r in mine)
+    return [r for r in mine if of_setting(r, row, configured)]
 
 
 def latest(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -244,10 +253,8 @@ def plot(records: list[dict[str, Any]], rows: list[Row], path: Path) -> Path:
                 span = max(span, minutes[-1] / 60)
             points = sorted(
                 (r["train_seconds"] / 60, res["mean"], res["ci95"] or 0.0)
-                for r in records
-                if r["row"] == row.name
-                and r.get("train_seconds") is not None
-                and of_setting(r, row)
+                for r in of_row(records, row)
+                if r.get("train_seconds") is not None
                 for res in r["results"]
                 if res["name"] == test_name
             )

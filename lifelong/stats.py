@@ -38,6 +38,13 @@ def confidence_interval(values: Tensor) -> tuple[float, float | None]:
     return mean, Z95 * float(values.std(correction=1)) / math.sqrt(n)
 
 
+def summary(values: Tensor, digits: int = 5) -> dict[str, float | None]:
+    """``{"mean": ..., "ci95": ...}`` of :func:`confidence_interval`, rounded to ``digits``
+    decimals, for a results file."""
+    mean, ci95 = confidence_interval(values)
+    return {"mean": round(mean, digits), "ci95": None if ci95 is None else round(ci95, digits)}
+
+
 def format_mean_ci(
     mean: float,
     ci95: float | None,

@@ -19,6 +19,7 @@ from lifelong.pipeline.evaluate import (
     eval_batch_size,
     evaluate,
 )
+from lifelong.stats import summary
 
 
 class NearestMean(Algorithm):
@@ -61,6 +62,8 @@ def test_confidence_interval_is_1_96_standard_errors():
     assert confidence_interval(torch.full((10,), 0.5)) == (0.5, 0.0)
     with pytest.raises(ValueError, match="no episodes"):
         confidence_interval(torch.tensor([]))
+    assert summary(torch.tensor([1.0, 0.0])) == {"mean": 0.5, "ci95": 0.98}
+    assert summary(torch.tensor([1 / 3]), digits=2) == {"mean": 0.33, "ci95": None}
 
 
 def test_evaluate_summarises_every_fixed_episode():
