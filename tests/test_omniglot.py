@@ -17,8 +17,11 @@ import torch
 from PIL import Image
 
 from lifelong.data import omniglot
+from lifelong.data.cache import ENV_VAR
 from lifelong.data.images import ImageDecodeError, decode_image
 from lifelong.data.omniglot import OmniglotSet, load_omniglot
+from lifelong.pipeline.config import RunConfig
+from lifelong.pipeline.data import load_data
 
 DATA = Path(__file__).parents[2] / "shared/data/omniglot"
 needs_data = pytest.mark.skipif(
@@ -274,3 +277,14 @@ def test_fake_download_then_load(fake, tmp_path, monkeypatch):
         "images_evaluation.zip",
     ]
     assert len(splits["test"]) == 8
+
+
+def test_fake_test_split_without_rotations(fake, tmp_path, monkeypatch):
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "c"))
+    root = str(write_zips(tmp_path, fake_files()))
+    rotated = load_data(RunConfig(dataset="omniglot", data_root=root, class_split="lake"))
+    plain = load_data(replace(rotated.config, test_rotations=False))
+    assert plain.facts.classes == {**rotated.facts.classes, "test": 2}
+    assert [c.rotation for c in plain.splits["test"].classes] == [0, 0]
+    assert torch.equal(plain.splits["test"][1], rotated.splits["test"][4])  # class-major
+    assert plain.splits["train"] is rotated.splits["train"]  # the other splits: as they were

@@ -94,6 +94,9 @@ class RunConfig:
         class_split: Omniglot's class split, ``vinyals`` (Vinyals et al. 2016, the published
             lists), ``random`` (a seeded partition of the same sizes) or ``lake``.
         rotations: add the 90/180/270 degree rotations of each class as new classes.
+        test_rotations: ``False``: the test split without rotation classes, which
+            ``rotations`` adds to the other splits (as Nichol et al. 2018's code tests);
+            default (or ``True``): the test split as the others.
         image_size: image height = width in pixels.
         dataset_options: any further keyword arguments of the dataset's loader, e.g.
             ``{"classes": 200, "per_class": 10}`` for strokes.
@@ -164,6 +167,9 @@ class RunConfig:
     data_root: str | None = option(None, "Dataset folder (default: the cache folder).")
     class_split: str | None = option(None, "Omniglot class split: vinyals, random or lake.")
     rotations: bool | None = option(None, "Rotations of each class as extra classes.")
+    test_rotations: bool | None = option(
+        None, "false: test on the unrotated classes only (default: as the other splits)."
+    )
     image_size: int | None = option(None, "Image height = width in pixels.", bound="positive")
     dataset_options: dict[str, Any] | None = option(
         None, "Loader option KEY=VALUE, repeatable (strokes: classes=200)."

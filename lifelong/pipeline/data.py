@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -156,7 +156,8 @@ def load_data(cfg: RunConfig) -> Data:
     loaded is kept in memory, so that training, evaluating and the demo in one process load
     it once."""
     if dataset_info(cfg.dataset).regression:
-        options = ("class_split", "rotations", "image_size", "dataset_options", "data_root")
+        options = ("class_split", "rotations", "test_rotations", "image_size")
+        options += ("dataset_options", "data_root")
         given = [name for name in options if getattr(cfg, name) is not None]
         if given:
             raise ConfigError(f"{cfg.dataset} tasks are generated: it takes no `{given[0]}`")
@@ -168,6 +169,14 @@ def load_data(cfg: RunConfig) -> Data:
     }
     options.update(cfg.dataset_options or {})
     splits, facts = _load_splits(cfg.dataset, cfg.data_root, json.dumps(options, sort_keys=True))
+    if cfg.test_rotations is False:
+        if "test" not in splits:
+            raise ConfigError(f"`test_rotations`: {cfg.dataset} has no test split")
+        test = splits["test"]
+        splits = {**splits, "test": test.subset(
+            [i for i, c in enumerate(test.classes) if c.rotation == 0], f"{test.name}/unrotated"
+        )}  # fmt: skip
+        facts = replace(facts, classes={**(facts.classes or {}), "test": len(splits["test"])})
     return Data(cfg, splits, facts)
 
 
