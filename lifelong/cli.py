@@ -261,6 +261,12 @@ def evaluate(
         str | None, typer.Option(help="auto, cpu or cuda (default: the run's).")
     ] = None,
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
+    test_rotations: Annotated[
+        bool | None,
+        typer.Option(
+            help="--no-test-rotations: the unrotated test classes only (default: the run's)."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Test a run: mean accuracy (or MSE) and 95% confidence interval on fixed episodes."""
@@ -278,6 +284,7 @@ def evaluate(
         data_root,
         device,
         checkpoint,
+        test_rotations,
     )
     typer.echo(json.dumps(result.to_dict()) if as_json else str(result))
 

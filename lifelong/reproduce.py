@@ -61,7 +61,7 @@ import platform
 import shlex
 import subprocess
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import datetime, timezone
 from importlib.resources import files
 from pathlib import Path
@@ -551,10 +551,15 @@ def git_commit() -> tuple[str | None, bool | None]:
     return head, bool(status.strip())
 
 
+TEST_OPTIONS = ("test_rotations",)
+"""Options of a row's ``train`` section that only its tests read: a run is tested with the
+row's values whatever it trained with (``--run``)."""
+
+
 def config_differences(row: Row, saved: RunConfig) -> dict[str, list[Any]]:
-    """Options (other than :data:`lifelong.pipeline.train.RESUMABLE`) in which a run's config
-    (as its checkpoint reads) differs from the row's with the algorithm's defaults filled in:
-    ``{option: [row's value, run's value]}``."""
+    """Options (other than :data:`lifelong.pipeline.train.RESUMABLE` and
+    :data:`TEST_OPTIONS`) in which a run's config (as its checkpoint reads) differs from the
+    row's with the algorithm's defaults filled in: ``{option: [row's value, run's value]}``."""
     from lifelong.pipeline.factory import resolve_config
     from lifelong.pipeline.train import RESUMABLE
 
@@ -562,7 +567,8 @@ def config_differences(row: Row, saved: RunConfig) -> dict[str, list[Any]]:
     return {
         f.name: [getattr(wanted, f.name), getattr(saved, f.name)]
         for f in fields(RunConfig)
-        if f.name not in RESUMABLE and getattr(wanted, f.name) != getattr(saved, f.name)
+        if f.name not in RESUMABLE + TEST_OPTIONS
+        and getattr(wanted, f.name) != getattr(saved, f.name)
     }
 
 
@@ -617,6 +623,9 @@ def reproduce(
         budget = time_limit or row.budget_minutes
         training = train_row(row, out or RUNS / row.name, budget, device, data_root, progress)
     tested = load_trained(training.run_dir, row.checkpoint)  # once for all the tests
+    tested.config = replace(
+        tested.config, **{name: getattr(row.train, name) for name in TEST_OPTIONS}
+    )
     drift = {} if run is None else config_differences(row, tested.config)
     used = resolve_device(device or tested.config.device)
     curve = validation_curve(training.run_dir)

@@ -284,6 +284,12 @@ def test_run_tests_an_existing_run_folder(
     code, _, err = cli(capsys, "reproduce", last, "--run", run, "--results", results)
     assert code == 0, err
     assert jsonl(results)[-1]["tested_iteration"] == 4  # the last, whichever validated best
+    # options only the tests read are the row's, whatever the run trained with
+    plain = row_file(tmp_path, {"checkpoint": "last"}, test_rotations=False)
+    code, _, err = cli(capsys, "reproduce", plain, "--run", run, "--results", results)
+    assert code == 0, err
+    assert jsonl(results)[-1]["config"]["test_rotations"] is False
+    assert jsonl(results)[-1]["config_differences"] == {"seed": [0, 3]}
     code, _, err = cli(capsys, "reproduce", row_file(tmp_path), "--run", run, "--time-limit", "1")
     assert code == 1 and "--run tests a trained run folder" in err
 

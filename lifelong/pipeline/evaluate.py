@@ -186,10 +186,13 @@ def evaluate_run(
     data_root: str | None = None,
     device: str | None = None,
     checkpoint: str = "best",
+    test_rotations: bool | None = None,
 ) -> Evaluation:
     """Evaluate a saved run on ``episodes`` fixed episodes of ``split`` (default: the run's
-    test episode shape and count); the same ``seed`` gives the same episodes to every run."""
+    test episode shape and count); the same ``seed`` gives the same episodes to every run.
+    ``test_rotations`` ``False``: the test split without its rotation classes."""
     overrides = {
+        "test_rotations": test_rotations,
         "test_ways": ways,
         "test_shots": shots,
         "test_queries": queries,
