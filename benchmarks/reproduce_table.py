@@ -7,8 +7,8 @@ entry of every row, and writes
 * ``reproduce_table.md``: a markdown table for the README, one line per test of every row file
   in ``lifelong/reproduce_rows/`` (rows without a result say "not run"): the published value, ours
   with its 95% confidence interval, whether ours is better, within the paper's interval or
-  worse and the outcome (reached; not reached at the paper's iterations; stopped at the budget,
-  still rising or levelled off), the minutes validation took to reach the paper's value on this
+  worse and the outcome (reached; not reached at the paper's iterations, or within the budget
+  a row's schedule spans; stopped at the budget, still rising or levelled off), the minutes validation took to reach the paper's value on this
   machine (where validation has the test's shape), the iterations trained, the training
   wall-clock, the machine, and a reference to the row's list of differences from the paper,
   printed under the table;
@@ -44,7 +44,9 @@ LEGEND = (
     "Accuracy in % (sinusoids: MSE), mean ± 95% confidence interval over the test episodes "
     "of the row file. *vs paper*: within = the two differ by less than the paper's 95% "
     "interval (ours when the paper gives none), then the outcome; *still rising*: the best "
-    "validation of the last quarter of the training time beats the best before it. *Time to "
+    "validation of the last quarter of the training time beats the best before it; *the "
+    "budget its schedule spans*: the learning rate reached 0 at the time limit (`lr_horizon: "
+    "budget`). *Time to "
     "paper*: training minutes until validation (the test's shape, other classes) first reached "
     "the paper's value, on the machine named. " + UNCONFIRMED + " = a published value not "
     "checked against the paper itself (read off a figure, or taken from a transcription). "
@@ -141,6 +143,7 @@ def _outcome(record: dict[str, Any], result: dict[str, Any], row: Row) -> str:
         bool(record.get("stopped_by_time_limit")),
         reproduce.still_rising(curve, result["metric"]),
         row.iterations_of,
+        row.train.lr_horizon == "budget",
     )
     return f"{result['verdict']}: {found}"
 

@@ -461,18 +461,23 @@ def outcome(
     stopped: bool,
     rising: bool | None,
     whose: str = "the paper's",
+    budget_schedule: bool = False,
 ) -> str | None:
     """``reached`` (better or within the paper), ``not reached at the paper's iterations``, or
     ``stopped at the budget (x% of the paper's iterations; still rising | levelled off)`` (a
     run ``stopped`` by its time limit after ``iterations`` of the ``planned``; ``rising``:
     :func:`still_rising`); ``None`` without a published value. ``whose`` iterations the
-    ``planned`` are: :attr:`Row.iterations_of`."""
+    ``planned`` are: :attr:`Row.iterations_of`. A run whose learning-rate schedule ends with
+    the budget (``budget_schedule``: ``lr_horizon: budget``) and stops there finished its
+    schedule: ``not reached within the budget its schedule spans``."""
     if verdict_ is None:
         return None
     if verdict_ in ("better", "within"):
         return "reached"
     if not stopped:
         return f"not reached at {whose} iterations"
+    if budget_schedule:
+        return "not reached within the budget its schedule spans"
     share = 100 * iterations / planned
     trend = {True: "; still rising", False: "; levelled off", None: ""}[rising]
     return f"stopped at the budget ({share:.2g}% of {whose} iterations{trend})"
@@ -641,6 +646,7 @@ def reproduce(
             training.stopped_by_time_limit,
             rising,
             row.iterations_of,
+            row.train.lr_horizon == "budget",
         )
         same_shape = setting.config(tested.config).episode_shape("test")[:2] == validated
         paper = setting.paper.value

@@ -360,6 +360,9 @@ def test_outcomes_and_time_to_the_paper() -> None:
         "(2.5% of the paper's iterations; levelled off)"
     )
     assert outcome(None, 1, 2, True, True) is None
+    assert outcome("worse", 500, 20000, True, False, "the recipe's", budget_schedule=True) == (
+        "not reached within the budget its schedule spans"
+    )
     assert outcome("worse", 5800, 5800, False, None, "the recipe's") == (
         "not reached at the recipe's iterations"
     )
