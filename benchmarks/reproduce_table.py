@@ -8,8 +8,9 @@ entry of every row, and writes
   in ``lifelong/reproduce_rows/`` (rows without a result say "not run"): the published value, ours
   with its 95% confidence interval, whether ours is better, within the paper's interval or
   worse and the outcome (reached; not reached at the paper's iterations, or within the budget
-  a row's schedule spans; stopped at the budget, still rising or levelled off), the minutes validation took to reach the paper's value on this
-  machine (where validation has the test's shape), the iterations trained, the training
+  a row's schedule spans; stopped at the budget, still rising or levelled off), the minutes
+  validation took to reach the paper's value on this machine (where validation has the test's
+  shape), the iterations trained, the training
   wall-clock, the machine, and a reference to the row's list of differences from the paper,
   printed under the table;
 * ``reproduce.png``: accuracy (MSE for sinusoids) against training time, one panel per task
@@ -73,14 +74,16 @@ def of_setting(record: dict[str, Any], row: Row, configured: bool = False) -> bo
     """Whether ``record`` measured ``row``'s setting as the row file and the algorithm's
     defaults read today: the run's own config where the record holds it (records since
     0.2.0's carried Reptile state), read with the meaning it had in the version that made the
-    record (:meth:`RunConfig.of_checkpoint`; e.g. Omniglot's ``vinyals`` split before 0.2.0).
+    record (:meth:`RunConfig.of_checkpoint`; e.g. Omniglot's ``vinyals`` split before 0.2.0),
+    tested as the row tests (:data:`~lifelong.reproduce.TEST_OPTIONS`).
     An older record, without its config, cannot show the algorithm's defaults of its day: it
     counts only while the row has no record with a config (``configured``: it has one), and
     then only where the row file's options so read are today's."""
     version = record.get("lifelong", "0")
     if "config" in record:
         run = RunConfig.of_checkpoint({"config": record["config"], "version": version})
-        return not reproduce.config_differences(row, run)
+        tested = all(getattr(run, o) == getattr(row.train, o) for o in reproduce.TEST_OPTIONS)
+        return tested and not reproduce.config_differences(row, run)
     state = {"config": row.train.to_dict(), "version": version}
     return not configured and RunConfig.of_checkpoint(state) == row.train
 
@@ -236,7 +239,8 @@ def plot(records: list[dict[str, Any]], rows: list[Row], path: Path) -> Path:
     fig, axes = plt.subplots(grid, columns, figsize=(4.2 * columns, 3.4 * grid), squeeze=False)
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     methods = sorted({_method(row) for row in rows})
-    colours = {method: cycle[i % len(cycle)] for i, method in enumerate(methods)}
+    palette = cycle if len(methods) <= len(cycle) else plt.get_cmap("tab20").colors
+    colours = {method: palette[i % len(palette)] for i, method in enumerate(methods)}
     for ax, task in zip(axes.flat, names, strict=False):
         regression = task[1].startswith("sinusoid")
         scale = 1 if regression else 100

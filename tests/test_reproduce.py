@@ -421,6 +421,8 @@ def test_records_of_an_older_meaning_of_the_row_are_not_its_results() -> None:
     fresh = {**ran, "inner_optimizer_state": "fresh"}  # Reptile's default before carried
     assert not of_setting({"lifelong": "0.2.0", "config": fresh}, reptile)
     assert of_setting({"lifelong": "0.2.0", "config": {**ran, "out": "elsewhere"}}, reptile)
+    rotated = {**ran, "test_rotations": None}  # tested on the rotated characters too
+    assert not of_setting({"lifelong": "0.2.0", "config": rotated}, reptile)
     # once the row has a record with its config, those without one no longer count
     older = {"row": reptile.name, "lifelong": "0.2.0"}
     newer = {"row": reptile.name, "lifelong": "0.2.0", "config": ran}
