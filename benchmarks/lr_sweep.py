@@ -39,6 +39,7 @@ from lifelong.reproduce import load_row, machine
 from lifelong.stats import summary
 
 HERE = Path(__file__).resolve().parent
+TEST_SHAPE = ("test_ways", "test_shots", "test_queries", "eval_inner_steps")
 
 
 def main() -> None:
@@ -74,8 +75,10 @@ def main() -> None:
     for setting in row.tests:
         cfg = setting.config(base)
         episodes = load_data(cfg).sampler("val", seed=0).fixed(args.episodes, seed=0)
+        # the algorithm rebuilt for the test's shape (e.g. MAML's head for its ways)
+        shape = {k: getattr(cfg, k) for k in TEST_SHAPE}
         values = {
-            lr: episode_metrics(load_trained(run["run"], "last").algorithm, episodes)
+            lr: episode_metrics(load_trained(run["run"], "last", shape).algorithm, episodes)
             for lr, run in runs.items()
         }
         first = args.lr[0]
