@@ -146,7 +146,7 @@ def _outcome(record: dict[str, Any], result: dict[str, Any], row: Row) -> str:
         bool(record.get("stopped_by_time_limit")),
         reproduce.still_rising(curve, result["metric"]),
         row.iterations_of,
-        row.train.lr_horizon == "budget",
+        row.budget_schedule,
     )
     return f"{result['verdict']}: {found}"
 

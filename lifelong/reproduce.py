@@ -164,6 +164,12 @@ class Row:
         return "the recipe's" if self.recipe else "the paper's"
 
     @property
+    def budget_schedule(self) -> bool:
+        """Whether the learning-rate schedule ends with the time budget (``lr_horizon:
+        budget``), for :func:`outcome`."""
+        return self.train.lr_horizon == "budget"
+
+    @property
     def metric(self) -> str:
         """``mse`` on regression data, else ``accuracy``."""
         from lifelong.data.registry import dataset_info
@@ -646,7 +652,7 @@ def reproduce(
             training.stopped_by_time_limit,
             rising,
             row.iterations_of,
-            row.train.lr_horizon == "budget",
+            row.budget_schedule,
         )
         same_shape = setting.config(tested.config).episode_shape("test")[:2] == validated
         paper = setting.paper.value
