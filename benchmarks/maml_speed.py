@@ -23,6 +23,8 @@ first order (FOMAML, ``_1st``):
 - ``fast_compiled``: ``fast_1worker`` with its task forward through ``torch.compile``
   (inductor); where a variant cannot run (``torch.compile`` has no double backward), the error
   is recorded instead of its times;
+- ``fast_compiled_query``: ``fast_1worker`` with only the query pass compiled (it is
+  differentiated once, so inductor can run it; the support pass stays eager);
 - ``fast_bf16`` and ``fast_1worker_bf16``: ``fast`` and ``fast_1worker`` with
   ``precision="bfloat16"`` (the task computations under ``torch.autocast``; native on CPUs
   with AVX-512-BF16 or AMX; the flags are recorded); the meta-gradient is *not* the loop's,
@@ -40,9 +42,17 @@ stays in the process (no ``mmap`` blocks, no trimming): otherwise every 15 MB ac
 task is faulted in and zeroed by the kernel again, which costs about a quarter of the fast
 path's time here.
 
+``--operators N``: where the time goes, without a profiler (whose own cost is charged to
+small operators): each ATen call of one meta-iteration of the first variant named (run in the
+calling thread: use a ``_1worker`` variant) is timed through a ``TorchDispatchMode``, and the
+``N`` slowest (operator, input shape) pairs are recorded with their calls and milliseconds,
+beside the total number of calls. Large kernels are timed exactly; each call also pays the
+mode's few microseconds, so the total is above a plain iteration's.
+
 Usage:
     python benchmarks/maml_speed.py [--rounds 3] [--warmup 1] [--threads 2] [--allocator keep]
         [--variants loop fast fast_1worker fast_grouped fast_compiled fast_bf16 ...]
+        [--operators 25]
 
 Writes ``benchmarks/results/maml_speed.json``.
 """
@@ -50,6 +60,8 @@ Writes ``benchmarks/results/maml_speed.json``.
 from __future__ import annotations
 
 import argparse
+import collections
+import dataclasses
 import json
 import os
 import resource
@@ -64,7 +76,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from lifelong.algorithms.inner_loop import Adaptation
 from lifelong.algorithms.maml import MAML
 from lifelong.data.episodes import EpisodeBatch
 from lifelong.models.conv4 import Conv4
@@ -77,10 +91,11 @@ WAYS, SHOTS, META_BATCH = 5, 1, 32
 
 @dataclass(frozen=True)
 class Variant:
-    """MAML options, and whether its task forward is compiled."""
+    """MAML options, and which task forward is compiled: ``"all"`` (support and query
+    passes), ``"query"`` or none (``""``)."""
 
     options: dict[str, Any] = field(default_factory=dict)
-    compiled: bool = False
+    compiled: str = ""
 
 
 VARIANTS = {
@@ -90,7 +105,8 @@ VARIANTS = {
     "fast_chunk1": Variant({"task_chunk": 1}),
     "fast_per_step_bn": Variant({"per_step_bn": True}),
     "fast_grouped": Variant({"workers": 1, "task_chunk": META_BATCH}),
-    "fast_compiled": Variant({"workers": 1}, compiled=True),
+    "fast_compiled": Variant({"workers": 1}, compiled="all"),
+    "fast_compiled_query": Variant({"workers": 1}, compiled="query"),
     "fast_bf16": Variant({"precision": "bfloat16"}),
     "fast_1worker_bf16": Variant({"workers": 1, "precision": "bfloat16"}),
 }
@@ -136,8 +152,15 @@ def make_step(variant: str, first_order: bool, tasks: Tasks) -> tuple[MAML, Call
     model, batch = setting(tasks)
     how = VARIANTS[variant]
     maml = MAML(model, inner_lr=0.4, inner_steps=1, first_order=first_order, **how.options)
-    if how.compiled:
+    if how.compiled == "all":
         maml.fast_forward = torch.compile(maml.fast_forward, dynamic=False)
+    elif how.compiled == "query":
+        compiled, adaptation = torch.compile(maml.fast_forward, dynamic=False), maml.adaptation
+
+        def query_compiled(*args: Any, **kwargs: Any) -> Adaptation:
+            return dataclasses.replace(adaptation(*args, **kwargs), predict=compiled)
+
+        maml.adaptation = query_compiled  # type: ignore[method-assign]
 
     def step() -> None:
         maml.zero_grad(set_to_none=True)
@@ -209,6 +232,50 @@ def timings(names: list[str], rounds: int, warmup: int, tasks: Tasks) -> dict:
     return results
 
 
+class _OperatorTimes(TorchDispatchMode):
+    """Milliseconds and calls of each (operator, first input's shape) in its scope."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ms: dict[tuple[str, str], float] = collections.defaultdict(float)
+        self.calls: collections.Counter[tuple[str, str]] = collections.Counter()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        start = time.perf_counter()
+        out = func(*args, **(kwargs or {}))
+        first = args[0] if args and isinstance(args[0], Tensor) else None
+        key = (str(func), str(list(first.shape)) if first is not None else "")
+        self.ms[key] += (time.perf_counter() - start) * 1e3
+        self.calls[key] += 1
+        return out
+
+
+def operator_times(name: str, tasks: Tasks, top: int) -> dict[str, Any]:
+    """The ``top`` slowest (operator, shape) pairs of one meta-iteration of ``name`` (after a
+    warm-up iteration), with the number of ATen calls and the iteration's time in the mode."""
+    step = make_step(*split(name), tasks)[1]
+    step()
+    start = time.perf_counter()
+    with _OperatorTimes() as times:
+        step()
+    wall = time.perf_counter() - start
+    slowest = sorted(times.ms, key=times.ms.__getitem__, reverse=True)[:top]
+    return {
+        "variant": name,
+        "seconds_in_mode": round(wall, 3),
+        "aten_calls": sum(times.calls.values()),
+        "slowest": [
+            {
+                "op": op,
+                "shape": shape,
+                "calls": times.calls[op, shape],
+                "ms": round(times.ms[op, shape], 2),
+            }
+            for op, shape in slowest
+        ],
+    }
+
+
 def peak_rss_mib() -> float:
     """Peak resident set size of this process in MiB: ``VmHWM`` (Linux; unlike ``ru_maxrss``
     it does not carry over the parent's peak through fork and exec), else ``ru_maxrss``."""
@@ -240,6 +307,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--variants", nargs="+", choices=list(VARIANTS), default=["loop", "fast", "fast_1worker"]
+    )
+    parser.add_argument(
+        "--operators", type=int, default=0, help="record the N slowest operators (module doc)"
     )
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "maml_speed.json")
@@ -295,6 +365,8 @@ def main() -> None:
         "grad_vs_loop_max_abs_over_norm": grad_vs_loop(names, tasks),
         "variants": results,
     }
+    if args.operators:
+        report["operators"] = operator_times(names[0], tasks, args.operators)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     for n in names:
