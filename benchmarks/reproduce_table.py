@@ -49,8 +49,12 @@ LEGEND = (
     "budget its schedule spans*: the learning rate reached 0 at the time limit (`lr_horizon: "
     "budget`). *Time to "
     "paper*: training minutes until validation (the test's shape, other classes) first reached "
-    "the paper's value, on the machine named. " + UNCONFIRMED + " = a published value not "
-    "checked against the paper itself (read off a figure, or taken from a transcription). "
+    "the paper's value, on the machine named; blank where the run validated no episodes of "
+    "the test's shape (the ProtoNet Omniglot rows train on train + validation, as Snell et al. "
+    "do; short runs stopped before their first validation). "
+    + UNCONFIRMED
+    + " = a published value not checked against the paper itself (read off a figure, or "
+    "taken from a transcription). "
     "Iterations: trained / the paper's (a `-recipe-` row's: its own); *time limit* = stopped "
     "by the row's budget. Rows are run with `lifelong reproduce ROW`."
 )
