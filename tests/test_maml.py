@@ -150,14 +150,17 @@ def test_worker_threads_keep_the_callers_autocast() -> None:
     )
 
 
+@pytest.mark.parametrize("learner", [MAML, Reptile])
 @pytest.mark.parametrize("fast", [True, False])
-def test_the_precision_option_runs_the_tasks_under_autocast(fast: bool) -> None:
+def test_the_precision_option_runs_the_tasks_under_autocast(fast: bool, learner: type) -> None:
     """``precision="bfloat16"``: what the caller's bfloat16 autocast gives (evaluation and
     adapt exactly; the meta-gradient to bfloat16 rounding, as the outer backward pass runs
-    outside autocast), which is not float32's."""
+    outside autocast), which is not float32's; for MAML and Reptile alike."""
     batch = episodes("conv", tasks=4).to("cpu", torch.float32)
     model = tiny("conv").float()
-    option, plain = (MAML(model, 0.3, 1, fast=fast, precision=p) for p in ("bfloat16", "float32"))
+    option, plain = (
+        learner(model, 0.3, 1, fast=fast, precision=p) for p in ("bfloat16", "float32")
+    )
     with torch.autocast("cpu", torch.bfloat16):
         caller = meta_gradient(plain, batch)[2]
         caller_eval = plain.evaluate(batch)

@@ -330,9 +330,9 @@ def test_options_of_other_algorithms_are_refused(tmp_path):
             "`per_step_lr` is an option of maml, fomaml, anil, metasgd, not of protonet",
         ),
         (
-            {"algorithm": "reptile", "precision": "bfloat16"},
-            "`precision` is an option of maml, fomaml, anil, metasgd, protonet, finetune, not of "
-            "reptile",
+            {"algorithm": "oml", "precision": "bfloat16"},
+            "`precision` is an option of maml, fomaml, anil, metasgd, reptile, protonet, finetune, "
+            "not of oml",
         ),
         (
             {"algorithm": "protonet", "inner_optimizer": "adam"},

@@ -267,6 +267,7 @@ class InnerLoopLearner(Algorithm):
         "inner_optimizer_state",
         "inner_batch",
         "eval_inner_batch",
+        "precision",
     )
     min_inner_steps = 1
     """The fewest inner steps meta-training may take (MAML: 0, joint training)."""
@@ -378,6 +379,7 @@ class InnerLoopLearner(Algorithm):
             "inner_optimizer_state": cfg.inner_optimizer_state,
             "inner_batch": cfg.inner_batch,
             "eval_inner_batch": cfg.eval_inner_batch,
+            "precision": cfg.precision,
         }
         return {
             "model": models(1 if facts.regression else cfg.ways),

@@ -120,7 +120,7 @@ class MAML(InnerLoopLearner):
     }
     own_options = (
         *InnerLoopLearner.own_options, "per_step_lr", "multi_step_loss",
-        "step_weight_annealing", "first_order_steps", "per_step_bn", "precision",
+        "step_weight_annealing", "first_order_steps", "per_step_bn",
     )  # fmt: skip
 
     @classmethod
@@ -132,7 +132,6 @@ class MAML(InnerLoopLearner):
             "step_weight_annealing": cfg.step_weight_annealing,
             "first_order_steps": cfg.first_order_steps,
             "per_step_bn": cfg.per_step_bn,
-            "precision": cfg.precision,
         }
 
     def __init__(

@@ -1,5 +1,6 @@
-"""The precisions of the networks of ProtoNet, FineTune and the MAML family: the dtype names
-of ``torch.autocast``. Free of torch, so that a config can be checked before torch is imported."""
+"""The precisions of the networks of ProtoNet, FineTune and the inner-loop learners (the MAML
+family, Reptile): the dtype names of ``torch.autocast``. Free of torch, so that a config can
+be checked before torch is imported."""
 
 from __future__ import annotations
 

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from lifelong.algorithms.inner_loop import Adaptation, InnerLoopLearner
+from lifelong.algorithms.precision import Precision
 from lifelong.data.episodes import EpisodeBatch
 
 
@@ -59,7 +60,7 @@ class Reptile(InnerLoopLearner):
         inner_optimizer_state: ``"fresh"`` (Adam's state from zero in every inner loop) or
             ``"carried"`` from task to task (the paper's code; needs ``"adam"``).
         regression: MSE instead of cross-entropy.
-        fast, task_chunk, workers: as in :class:`~lifelong.algorithms.maml.MAML`.
+        fast, task_chunk, workers, precision: as in :class:`~lifelong.algorithms.maml.MAML`.
     """
 
     defaults: ClassVar[dict[str, Any]] = {
@@ -100,6 +101,7 @@ class Reptile(InnerLoopLearner):
         fast: bool = True,
         task_chunk: int | None = None,
         workers: int | None = None,
+        precision: Precision = "float32",
         inner_optimizer: str = "sgd",
         inner_beta1: float = 0.0,
         inner_batch: int | None = None,
@@ -115,6 +117,7 @@ class Reptile(InnerLoopLearner):
             fast=fast,
             task_chunk=task_chunk,
             workers=workers,
+            precision=precision,
             inner_optimizer=inner_optimizer,
             inner_beta1=inner_beta1,
             inner_batch=inner_batch,

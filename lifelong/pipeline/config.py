@@ -146,7 +146,7 @@ class RunConfig:
     filters; MLP: the hidden widths), ``strided`` (MAML's stride-2 Conv-4), ``pooling``
     (Conv-4: how many blocks, from the first, end in max-pooling; 4), ``distance``,
     ``distance_p`` and ``temperature`` (ProtoNet: logits ``-d / temperature``), ``precision``
-    (ProtoNet, FineTune, the MAML family: the network's autocast dtype, ``float32``,
+    (ProtoNet, FineTune, the MAML family, Reptile: the network's autocast dtype, ``float32``,
     ``bfloat16`` or ``float16``) and
     ``channels_last`` (ProtoNet: the encoder's memory layout).
 
