@@ -1,0 +1,74 @@
+"""Two trained runs of a row on the same test episodes: a paired 95% interval of their difference.
+
+``lifelong reproduce`` tests every run of a row on the same fixed episodes (seed 0), so two
+runs (say a row's setting in float32 and in bfloat16) can be told apart more finely than by
+their two intervals: this tests each run's last checkpoint (in its own precision and settings)
+on the row's test episodes and reports each mean with its 95% interval and the mean of the
+per-episode differences (second minus first) with its paired 95% interval.
+
+Usage:
+    python benchmarks/paired_test.py ROW RUN_A RUN_B [--data-root DIR] [--threads 2]
+
+Writes ``benchmarks/results/paired_test_<row>.json`` (or ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from lifelong.pipeline.data import episode_count, load_data
+from lifelong.pipeline.evaluate import episode_metrics
+from lifelong.pipeline.trained import load_trained
+from lifelong.reproduce import load_row, machine
+from lifelong.stats import summary
+
+HERE = Path(__file__).resolve().parent
+TEST_SHAPE = ("test_ways", "test_shots", "test_queries", "eval_inner_steps")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("row", help="a row name or row file")
+    parser.add_argument("runs", type=Path, nargs=2, help="the two run folders")
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    row = load_row(args.row)
+    tests = []
+    for setting in row.tests:
+        cfg = setting.config(row.train).override(data_root=args.data_root)
+        n = setting.episodes or episode_count(cfg)
+        episodes = load_data(cfg).sampler("test", seed=0).fixed(n, seed=0)
+        shape = {k: getattr(cfg, k) for k in TEST_SHAPE}
+        first, second = (
+            episode_metrics(load_trained(run, "last", shape).algorithm, episodes)
+            for run in args.runs
+        )
+        tests.append({
+            "name": setting.name,
+            "episodes": f"{n} fixed {setting.name} test episodes, seed 0",
+            "first": summary(first),
+            "second": summary(second),
+            "second_minus_first": summary(second - first),
+        })  # fmt: skip
+    report = {
+        "command": " ".join(["python", *sys.argv]),
+        "row": row.name,
+        "runs": [str(run) for run in args.runs],
+        "machine": machine(torch.device("cpu")),
+        "tests": tests,
+    }
+    out = args.out or HERE / "results" / f"paired_test_{row.name}.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(tests, indent=2))
+
+
+if __name__ == "__main__":
+    main()
