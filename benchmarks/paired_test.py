@@ -24,7 +24,7 @@ import torch
 from lifelong.pipeline.data import episode_count, load_data
 from lifelong.pipeline.evaluate import episode_metrics
 from lifelong.pipeline.trained import load_trained
-from lifelong.reproduce import load_row, machine
+from lifelong.reproduce import describe, load_row, machine
 from lifelong.stats import summary
 
 HERE = Path(__file__).resolve().parent
@@ -67,7 +67,13 @@ def main() -> None:
     }
     out = args.out or HERE / "results" / f"paired_test_{row.name}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(tests, indent=2))
+    for test in tests:
+        a, b, d = (test[k] for k in ("first", "second", "second_minus_first"))
+        print(
+            f"{test['name']}: {describe(a['mean'], a['ci95'], row.metric)} and "
+            f"{describe(b['mean'], b['ci95'], row.metric)}; second minus first "
+            f"{d['mean']:+.5f} ± {d['ci95']:.5f} (paired); written to {out}"
+        )
 
 
 if __name__ == "__main__":
