@@ -70,7 +70,7 @@ WITH_DATA = [
     (["--hidden", "40,40"], "conv4 takes one --hidden value"),
     (["--backbone", "resnet12"], "--hidden applies to the conv4 and mlp backbones"),
     (["--algorithm", "maml", "--distance", "cosine"], "--distance is an option of protonet"),
-    (["--algorithm", "reptile", "--precision", "bfloat16"], "--precision is an option of"),
+    (["--algorithm", "oml", "--precision", "bfloat16"], "--precision is an option of"),
     (["--image-size", "8"], "conv4 cannot take 1x8x8 images"),
     (["--dataset-option", "classes=abc"], "classes must be a number of classes or one per split"),
     (["--dataset-option", "classes=[1, 2]"], "classes must be a number of classes or one per"),
