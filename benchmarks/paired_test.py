@@ -2,9 +2,10 @@
 
 ``lifelong reproduce`` tests every run of a row on the same fixed episodes (seed 0), so two
 runs (say a row's setting in float32 and in bfloat16) can be told apart more finely than by
-their two intervals: this tests each run's last checkpoint (in its own precision and settings)
-on the row's test episodes and reports each mean with its 95% interval and the mean of the
-per-episode differences (second minus first) with its paired 95% interval.
+their two intervals: this tests each run as ``lifelong reproduce ROW --run RUN`` does (the
+row's checkpoint, each run in its own precision and settings, the row's test episodes:
+:func:`lifelong.reproduce.prepared_test`) and reports each mean with its 95% interval and
+the mean of the per-episode differences (second minus first) with its paired 95% interval.
 
 Usage:
     python benchmarks/paired_test.py ROW RUN_A RUN_B [--data-root DIR] [--threads 2]
@@ -21,14 +22,11 @@ from pathlib import Path
 
 import torch
 
-from lifelong.pipeline.data import episode_count, load_data
 from lifelong.pipeline.evaluate import episode_metrics
-from lifelong.pipeline.trained import load_trained
-from lifelong.reproduce import describe, load_row, machine
+from lifelong.reproduce import describe, load_row, load_tested, machine, prepared_test
 from lifelong.stats import summary
 
 HERE = Path(__file__).resolve().parent
-TEST_SHAPE = ("test_ways", "test_shots", "test_queries", "eval_inner_steps")
 
 
 def main() -> None:
@@ -41,16 +39,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     row = load_row(args.row)
+    runs = [load_tested(row, run) for run in args.runs]
+    cpu = torch.device("cpu")
     tests = []
     for setting in row.tests:
-        cfg = setting.config(row.train).override(data_root=args.data_root)
-        n = setting.episodes or episode_count(cfg)
-        episodes = load_data(cfg).sampler("test", seed=0).fixed(n, seed=0)
-        shape = {k: getattr(cfg, k) for k in TEST_SHAPE}
-        first, second = (
-            episode_metrics(load_trained(run, "last", shape).algorithm, episodes)
-            for run in args.runs
-        )
+        values = []
+        for run in runs:
+            algorithm, episodes, batch_size = prepared_test(setting, run, cpu, args.data_root)
+            values.append(episode_metrics(algorithm, episodes, cpu, batch_size))
+        first, second = values
+        n = first.numel()
         tests.append({
             "name": setting.name,
             "episodes": f"{n} fixed {setting.name} test episodes, seed 0",
@@ -62,7 +60,7 @@ def main() -> None:
         "command": " ".join(["python", *sys.argv]),
         "row": row.name,
         "runs": [str(run) for run in args.runs],
-        "machine": machine(torch.device("cpu")),
+        "machine": machine(cpu),
         "tests": tests,
     }
     out = args.out or HERE / "results" / f"paired_test_{row.name}.json"

@@ -79,6 +79,8 @@ if TYPE_CHECKING:  # the heavy modules (torch) are imported where they are used
 
     import torch
 
+    from lifelong.algorithms.base import Algorithm
+    from lifelong.data.episodes import FixedEpisodes
     from lifelong.pipeline.trained import Trained
 
 ROWS_DIR: Traversable = files("lifelong") / "reproduce_rows"
@@ -620,7 +622,6 @@ def reproduce(
 
     from lifelong.data.registry import DATASETS
     from lifelong.pipeline.device import resolve_device
-    from lifelong.pipeline.trained import load_trained
 
     if not DATASETS[row.train.dataset].takes_root:
         data_root = None
@@ -633,10 +634,7 @@ def reproduce(
             raise ConfigError(f"--time-limit must be positive, got {time_limit}")
         budget = time_limit or row.budget_minutes
         training = train_row(row, out or RUNS / row.name, budget, device, data_root, progress)
-    tested = load_trained(training.run_dir, row.checkpoint)  # once for all the tests
-    tested.config = replace(
-        tested.config, **{name: getattr(row.train, name) for name in TEST_OPTIONS}
-    )
+    tested = load_tested(row, training.run_dir)  # once for all the tests
     drift = {} if run is None else config_differences(row, tested.config)
     used = resolve_device(device or tested.config.device)
     curve = validation_curve(training.run_dir)
@@ -716,15 +714,28 @@ def _trained(run: Path) -> tuple[Training, float | None]:
     return Training(run, step, seconds, counted, step < saved.iterations), budget
 
 
-def _test_run(
+def load_tested(row: Row, run_dir: Path) -> Trained:
+    """The run folder's checkpoint that ``row`` tests (``row.checkpoint``), with the row's
+    test options (:data:`TEST_OPTIONS`) over the run's config."""
+    from lifelong.pipeline.trained import load_trained
+
+    tested = load_trained(run_dir, row.checkpoint)
+    tested.config = replace(
+        tested.config, **{name: getattr(row.train, name) for name in TEST_OPTIONS}
+    )
+    return tested
+
+
+def prepared_test(
     setting: RowTest, tested: Trained, device: torch.device, data_root: str | None
-) -> dict[str, Any]:
-    """Test the loaded run on ``setting``'s fixed episodes (seed 0: every run of the row sees
-    the same tasks), as :func:`lifelong.pipeline.evaluate.evaluate_run` tests a run folder:
-    the algorithm is rebuilt for the test's settings (test ways and adaptation steps) from the
-    weights in memory, and the memory a batch of episodes needs is checked first."""
+) -> tuple[Algorithm, FixedEpisodes, int]:
+    """What a run is tested with on ``setting`` (as ``evaluate_run`` tests a run folder): the
+    algorithm rebuilt for the test's settings (test ways and adaptation steps) from the weights
+    in memory, on ``device``; the setting's fixed episodes (seed 0: every run of the row sees
+    the same tasks); and the number of episodes per batch, checked against the memory a batch
+    needs."""
     from lifelong.pipeline.data import episode_count, load_data
-    from lifelong.pipeline.evaluate import checked_batch_size, evaluate
+    from lifelong.pipeline.evaluate import checked_batch_size
     from lifelong.pipeline.factory import build_algorithm
 
     cfg = tested.config.override(
@@ -742,7 +753,17 @@ def _test_run(
     n = setting.episodes or episode_count(cfg)
     fixed = data.sampler("test", seed=0).fixed(n, seed=0)
     options = f"the episode shape (`test_ways` {cfg.episode_shape('test')[0]}, `test_queries`)"
-    batch_size = checked_batch_size(algorithm, fixed, device, options)
+    return algorithm, fixed, checked_batch_size(algorithm, fixed, device, options)
+
+
+def _test_run(
+    setting: RowTest, tested: Trained, device: torch.device, data_root: str | None
+) -> dict[str, Any]:
+    """Test the loaded run on ``setting`` (:func:`prepared_test`) and judge it against the
+    paper."""
+    from lifelong.pipeline.evaluate import evaluate
+
+    algorithm, fixed, batch_size = prepared_test(setting, tested, device, data_root)
     result = evaluate(algorithm, fixed, device, split="test", batch_size=batch_size)
     paper = setting.paper
     return {
