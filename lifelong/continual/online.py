@@ -130,8 +130,8 @@ class OnlineSGD(ContinualLearner):
         return torch.cat([self.forward(self.inputs(part)) for part in x.split(self.chunk)])
 
 
-def zero_linear(in_features: int, out_features: int) -> nn.Linear:
-    layer = nn.Linear(in_features, out_features)
+def zero_linear(in_features: int, out_features: int, device: torch.device) -> nn.Linear:
+    layer = nn.Linear(in_features, out_features, device=device)
     nn.init.zeros_(layer.weight)
     nn.init.zeros_(layer.bias)
     return layer
@@ -140,13 +140,15 @@ def zero_linear(in_features: int, out_features: int) -> nn.Linear:
 def network_of(algorithm: Algorithm, num_classes: int) -> tuple[nn.Module, nn.Module]:
     """Copies of the run's representation and head for :class:`OnlineSGD`: its body, and its
     prediction network (OML's PLN) with a fresh zero output layer of ``num_classes`` rows
-    (kept as meta-learned for regression), else a zero linear layer on the embedding."""
+    (kept as meta-learned for regression), else a zero linear layer on the embedding; all on
+    the run's device."""
     body = copy.deepcopy(algorithm.body())
+    device = next(algorithm.parameters()).device
     prediction = algorithm.prediction_network()
     if prediction is not None:
         head = copy.deepcopy(prediction)
         if not algorithm.regression:
-            head.head = zero_linear(head.head.in_features, num_classes)
+            head.head = zero_linear(head.head.in_features, num_classes, device)
         return body, head
     dim = getattr(body, "embedding_dim", None)
     if not isinstance(dim, int):
@@ -156,4 +158,4 @@ def network_of(algorithm: Algorithm, num_classes: int) -> tuple[nn.Module, nn.Mo
             f"{type(algorithm).__name__} is a regression run without a prediction network; "
             "the SGD learners need an OML run for regression streams"
         )
-    return body, zero_linear(dim, num_classes)
+    return body, zero_linear(dim, num_classes, device)

@@ -346,8 +346,9 @@ class _GlobalBatchNormFunction(torch.autograd.Function):
     ) -> tuple[Tensor | None, ...]:
         x, weight, mean, var = ctx.saved_tensors
         w = torch.ones_like(mean) if weight is None else weight.float()
+        unsaved = mean.new_empty(0)  # eval mode: no saved statistics (CUDA wants them empty)
         dx, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
-            dy, x, w, mean, var, None, None, False, ctx.eps, [True, True, True]
+            dy, x, w, mean, var, unsaved, unsaved, False, ctx.eps, [True, True, True]
         )  # dx = w * invstd * dy; grad_weight = sum(dy * x_hat); grad_bias = sum(dy)
         sums = torch.cat([grad_bias, grad_weight]).double()
         with collective("batch norm gradients"):
