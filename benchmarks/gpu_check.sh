@@ -5,9 +5,10 @@
 #   2. seconds per meta-iteration on cuda:0 (benchmarks/ddp_scaling.py, one rank):
 #      MAML Omniglot 5-way 1-shot 15-query meta-batch 32 (second order), ProtoNet 60-way
 #      5-shot 5-query one episode per step, in float32 and bfloat16.
-# Results: one JSON file (default benchmarks/results/gpu_check.json) with the tests' outcome
-# and the timings; the pytest log sits next to it. Exit status: 0 when all passed, 1 when
-# tests or timings failed, 2 when there is no CUDA device.
+# Results: one JSON file (default benchmarks/results/gpu/gpu_check.json) with the tests'
+# outcome and the timings; the pytest log sits next to it. Runs from the checkout (nothing to
+# install beyond PyTorch and the test tools). Exit status: 0 when all passed, 1 when tests or
+# timings failed, 2 when there is no CUDA device.
 #
 # Usage: benchmarks/gpu_check.sh [OUT.json]    (PYTHON=... picks the interpreter)
 set -euo pipefail
@@ -16,7 +17,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [[ -z "${PYTHON:-}" ]]; then
     if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
-out=${1:-benchmarks/results/gpu_check.json}
+out=${1:-benchmarks/results/gpu/gpu_check.json}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 log=${out%.json}.pytest.log
 speed=${out%.json}.speed.json
 mkdir -p "$(dirname "$out")"

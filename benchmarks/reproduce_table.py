@@ -20,7 +20,10 @@ entry of every row, and writes
   lines of the same colour.
 
 Usage:
-    python benchmarks/reproduce_table.py [--results FILE] [--out-dir DIR]
+    python benchmarks/reproduce_table.py [--results FILE] [--out-dir DIR] [--run-only]
+
+``--run-only`` leaves out the rows without a result (a results file of a few rows, such as
+``benchmarks/results/gpu/reproduce_gpu.jsonl``).
 """
 
 from __future__ import annotations
@@ -299,12 +302,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, default=RESULTS, help="the JSON-lines file")
     parser.add_argument("--out-dir", type=Path, default=OUT_DIR, help="where to write")
+    parser.add_argument("--run-only", action="store_true", help="only the rows with a result")
     args = parser.parse_args(argv)
     records = read_records(args.results)
     rows = [load_row(name) for name in row_names()]
     known = {row.name for row in rows}
     rows += [load_row(Path(r["row_file"])) for r in latest(records).values() if
              r["row"] not in known and Path(r.get("row_file") or "-").is_file()]  # fmt: skip
+    if args.run_only:
+        rows = [row for row in rows if row.name in latest(records)]
     args.out_dir.mkdir(parents=True, exist_ok=True)
     table = args.out_dir / "reproduce_table.md"
     table.write_text(render(records, rows) + "\n")

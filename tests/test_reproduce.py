@@ -405,6 +405,9 @@ def test_the_table_shows_results_and_rows_not_run(tmp_path: Path) -> None:
     assert "`maml-omniglot-5w1s` (Finn et al. 2017" in table and "; n1" in table
     png = (tmp_path / "reproduce.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    script.main(["--results", str(results), "--out-dir", str(tmp_path), "--run-only"])
+    table = (tmp_path / "reproduce_table.md").read_text()
+    assert table.count("| `") == 1 and maml.rsplit("[", 1)[0] + "[1] |" in table
 
 
 def test_records_of_an_older_meaning_of_the_row_are_not_its_results() -> None:
