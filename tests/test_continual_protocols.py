@@ -275,6 +275,19 @@ def test_stream_command_errors(proto_run, args, message):
     assert message in str(out.exception)
 
 
+def test_sgd_learners_build_their_layers_on_the_runs_device():
+    """A fresh output layer lives where the run's weights are (the meta device stands in for a
+    GPU: a layer made on the CPU failed the first CUDA run), with and without OML's PLN."""
+    from lifelong.algorithms.oml import OML
+    from lifelong.models.mlp import MLP
+
+    oml = OML(MLP(16, (32,), None), num_classes=30, channels_last=False).eval()
+    for algorithm in (oml.to("meta"), protonet().to("meta")):
+        for name in ("online-sgd", "online-finetune", "replay"):
+            learner = make_learner(name, algorithm, 10, settings=LearnerSettings(buffer=20))
+            assert {p.device.type for p in learner.head.parameters()} == {"meta"}
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_learners_on_cuda():
