@@ -63,13 +63,15 @@ def free_port() -> int:
 
 
 # ------------------------------------------------------------------------------ processes
-def _rank_main(rank: int, size: int, port: int, worker: Callable[..., None], args: tuple) -> None:
-    """One rank: join a gloo group on 127.0.0.1, run ``worker(rank, *args)``; an error is
-    written to ``args[0] / f"rank{rank}.error"`` (args[0] is the test's folder)."""
+def _rank_main(rank: int, size: int, store: str, worker: Callable[..., None], args: tuple) -> None:
+    """One rank: join a gloo group through the file ``store``, run ``worker(rank, *args)``; an
+    error is written to ``args[0] / f"rank{rank}.error"`` (args[0] is the test's folder). A file
+    store, not TCP: a TCP store lives in rank 0, which may exit while a peer's teardown still
+    talks to it (rank 1 aborted so once, 'terminate called without an active exception')."""
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
+        init_method=f"file://{store}",
         rank=rank,
         world_size=size,
         timeout=timedelta(seconds=60),
@@ -88,9 +90,9 @@ def _rank_main(rank: int, size: int, port: int, worker: Callable[..., None], arg
 def spawn(worker: Callable[..., None], *args: Any, size: int = 2, limit: float = 120) -> list[int]:
     """Run ``worker`` on ``size`` ranks; their exit codes (all must end within ``limit`` s)."""
     context = multiprocessing.get_context("spawn")
-    port = free_port()
+    store = str(Path(args[0]) / f"store-{time.monotonic_ns()}")
     ranks = [
-        context.Process(target=_rank_main, args=(rank, size, port, worker, args))
+        context.Process(target=_rank_main, args=(rank, size, store, worker, args))
         for rank in range(size)
     ]
     for process in ranks:
