@@ -36,8 +36,8 @@ def to_device(t: Tensor, device: torch.device | str, dtype: torch.dtype = torch.
         t = t.pin_memory().to(device, non_blocking=True)
     else:
         t = t.to(device)
-    if t.dtype == torch.uint8:  # a tensor divisor: CUDA divides by a number via its reciprocal
-        return t.to(dtype).div_(torch.tensor(255.0, dtype=dtype, device=t.device))
+    if t.dtype == torch.uint8:  # a tensor divisor (CUDA divides by a number via its reciprocal)
+        return t.to(dtype).div_(torch.full((), 255.0, dtype=dtype, device=t.device))
     return t.to(dtype) if t.is_floating_point() else t
 
 
