@@ -14,9 +14,7 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-if [[ -z "${PYTHON:-}" ]]; then
-    if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
-fi
+source benchmarks/interpreter.sh
 out=${1:-benchmarks/results/gpu/gpu_check.json}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 log=${out%.json}.pytest.log

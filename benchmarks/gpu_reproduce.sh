@@ -22,9 +22,7 @@ out=${2:-benchmarks/results/gpu}
 deadline=$((SECONDS + ${DEADLINE_S:-540}))
 rows=${ROWS:-maml-omniglot-5w1s maml-recipe-omniglot-5w1s maml-omniglot-5w5s maml-omniglot-20w1s maml-omniglot-20w5s}
 device=${DEVICE:-cuda}
-if [[ -z "${PYTHON:-}" ]]; then
-    if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
-fi
+source benchmarks/interpreter.sh
 export PYTHON PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 mkdir -p "$out"
 runs=$(mktemp -d)
