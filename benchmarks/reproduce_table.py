@@ -21,9 +21,11 @@ entry of every row, and writes
 
 Usage:
     python benchmarks/reproduce_table.py [--results FILE] [--out-dir DIR] [--run-only]
+                                         [--beside FILE]
 
 ``--run-only`` leaves out the rows without a result (a results file of a few rows, such as
-``benchmarks/results/gpu/reproduce_gpu.jsonl``).
+``benchmarks/results/gpu/reproduce_gpu.jsonl``); ``--beside`` adds a column with each test's
+result in another results file (its latest record of the row: the GPU table beside the CPU's).
 """
 
 from __future__ import annotations
@@ -165,13 +167,36 @@ def _time_to_paper(record: dict[str, Any], row: Row, result: dict[str, Any]) -> 
     return "not reached" if seconds is None else f"{seconds / 60:.1f} min"
 
 
-def render(records: list[dict[str, Any]], rows: list[Row]) -> str:
-    """The markdown table and the differences under it."""
-    last = latest(records)
+def _beside(record: dict[str, Any] | None, row: Row, test_name: str) -> str:
+    """A test's result in another record of the row, in one cell: ours, after how long, the
+    time to the paper's value, the machine."""
+    result = {r["name"]: r for r in record["results"]}.get(test_name) if record else None
+    if record is None or result is None:
+        return "not run"
+    seconds = record.get("train_seconds")
+    after = "" if seconds is None else f" after {seconds / 60:.1f} min"
+    cell = f"{_number(result['mean'], result['ci95'], result['metric'])}{after}, "
+    cell += f"{record['iterations']:,} its."
+    to_paper = _time_to_paper(record, row, result)
+    if to_paper:
+        cell += f"; paper's value: {to_paper}"
+    return f"{cell} ({_machine(record)})"
+
+
+def render(
+    records: list[dict[str, Any]],
+    rows: list[Row],
+    beside: list[dict[str, Any]] | None = None,
+    beside_name: str = "",
+) -> str:
+    """The markdown table and the differences under it; with ``beside`` (the records of
+    another results file, named ``beside_name``), a column of their latest result per test."""
+    last, other = latest(records), latest(beside or [])
+    extra = (f" The same row in `{beside_name}` |", "---|") if beside is not None else ("", "")
     header = (
         "| Row | Test | Paper | Ours | vs paper | Time to paper | Iterations | Training "
-        "| Machine | Differs |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| Machine | Differs |" + extra[0],
+        "|---|---|---|---|---|---|---|---|---|---|" + extra[1],
     )
     lines, notes = list(header), []
     for row in ordered(rows):
@@ -203,6 +228,8 @@ def render(records: list[dict[str, Any]], rows: list[Row]) -> str:
                     _machine(record),
                     ref,
                 ]
+            if beside is not None:
+                cells.append(_beside(other.get(row.name), row, test.name))
             lines.append("| " + " | ".join(cells) + " |")
         details = list(row.differences) + (record.get("notes", []) if record else [])
         notes.append(f"{ref} `{row.name}` ({row.source}): " + "; ".join(details or ["none"]))
@@ -303,8 +330,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", type=Path, default=RESULTS, help="the JSON-lines file")
     parser.add_argument("--out-dir", type=Path, default=OUT_DIR, help="where to write")
     parser.add_argument("--run-only", action="store_true", help="only the rows with a result")
+    parser.add_argument("--beside", type=Path, help="a results file for a column beside ours")
     args = parser.parse_args(argv)
     records = read_records(args.results)
+    beside = None if args.beside is None else read_records(args.beside)
     rows = [load_row(name) for name in row_names()]
     known = {row.name for row in rows}
     rows += [load_row(Path(r["row_file"])) for r in latest(records).values() if
@@ -313,7 +342,8 @@ def main(argv: list[str] | None = None) -> None:
         rows = [row for row in rows if row.name in latest(records)]
     args.out_dir.mkdir(parents=True, exist_ok=True)
     table = args.out_dir / "reproduce_table.md"
-    table.write_text(render(records, rows) + "\n")
+    beside_name = "" if args.beside is None else args.beside.name
+    table.write_text(render(records, rows, beside, beside_name) + "\n")
     print(f"{table}\n{plot(records, rows, args.out_dir / 'reproduce.png')}")
 
 

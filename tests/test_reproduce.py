@@ -410,6 +410,41 @@ def test_the_table_shows_results_and_rows_not_run(tmp_path: Path) -> None:
     assert table.count("| `") == 1 and maml.rsplit("[", 1)[0] + "[1] |" in table
 
 
+def test_a_column_beside_gives_the_same_row_from_another_results_file(tmp_path: Path) -> None:
+    script = table_script()
+    result = {"name": "5-way 1-shot", "metric": "accuracy", "mean": 0.9826, "ci95": 0.0041,
+              "verdict": "worse", "validation_seconds_to_paper": None,
+              "paper": {"value": 0.987, "ci95": 0.004, "status": "confirmed"}}  # fmt: skip
+    gpu = {
+        "row": "maml-omniglot-5w1s", "results": [result], "iterations": 5528,
+        "planned_iterations": 60000, "stopped_by_time_limit": True, "train_seconds": 354.1,
+        "machine": {"gpu": "H200"}, "validation_curve": [[60.0, 0.9]],
+        "validation_shape": [5, 1],
+    }  # fmt: skip
+    cpu = {
+        **gpu,
+        "results": [{**result, "mean": 0.9868, "validation_seconds_to_paper": 702.0}],
+        "iterations": 8280,
+        "train_seconds": 1800.0,
+        "machine": {"cpu": "EPYC", "cores": 2},
+    }
+    (tmp_path / "gpu.jsonl").write_text(json.dumps(gpu) + "\n")
+    (tmp_path / "cpu.jsonl").write_text(json.dumps(cpu) + "\n")
+    script.main(["--results", str(tmp_path / "gpu.jsonl"), "--out-dir", str(tmp_path),
+                 "--run-only", "--beside", str(tmp_path / "cpu.jsonl")])  # fmt: skip
+    lines = (tmp_path / "reproduce_table.md").read_text().splitlines()
+    assert lines[2].endswith("| The same row in `cpu.jsonl` |") and lines[3].endswith("---|---|")
+    cells = [c.strip() for c in lines[4].strip("|").split("|")]
+    assert cells[3] == "98.26 ± 0.41" and cells[8] == "GPU: H200"
+    assert cells[10] == (
+        "98.68 ± 0.41 after 30.0 min, 8,280 its.; paper's value: 11.7 min (CPU: EPYC, 2 cores)"
+    )
+    (tmp_path / "cpu.jsonl").write_text("")
+    script.main(["--results", str(tmp_path / "gpu.jsonl"), "--out-dir", str(tmp_path),
+                 "--run-only", "--beside", str(tmp_path / "cpu.jsonl")])  # fmt: skip
+    assert (tmp_path / "reproduce_table.md").read_text().splitlines()[4].endswith("| not run |")
+
+
 def test_records_of_an_older_meaning_of_the_row_are_not_its_results() -> None:
     of_setting = table_script().of_setting
     protonet, maml = load_row("protonet-omniglot-1shot"), load_row("maml-omniglot-5w1s")
