@@ -37,7 +37,6 @@ import json
 import multiprocessing
 import os
 import platform
-import socket
 import statistics
 import sys
 import tempfile
@@ -48,6 +47,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed.elastic.utils.distributed import get_free_port
 
 from lifelong.data.classes import ClassDataset, ClassInfo
 from lifelong.data.episodes import EpisodeSampler
@@ -130,17 +130,11 @@ def rank_main(rank: int, size: int, port: int, job: dict[str, Any], result: Path
         result.write_text(json.dumps(times))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def measure(size: int, job: dict[str, Any], group: bool = True) -> dict[str, list[float]]:
     """Seconds of every step of rank 0, with ``size`` ranks (processes); ``group=False``:
     ``size`` processes at once that do not communicate (each its own 1-process run)."""
     context = multiprocessing.get_context("spawn")
-    port = free_port()
+    port = get_free_port()
     with tempfile.TemporaryDirectory() as folder:
         result = Path(folder) / "times.json"
         ranks = [

@@ -12,7 +12,6 @@ import multiprocessing
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ import torch
 import torch.distributed as dist
 from test_train import FACTS, TRAIN, VAL, TinyProto
 from torch import nn
+from torch.distributed.elastic.utils.distributed import get_free_port
 
 from lifelong.data.episodes import EpisodeSampler
 from lifelong.pipeline.checkpoint import load_checkpoint
@@ -54,12 +54,6 @@ SETTINGS = {
     "ways": 3, "shots": 1, "queries": 2, "meta_batch": 4, "backbone": "conv4", "hidden": (8,),
     "strided": True, "meta_lr": 0.001, "val_every": 2, "val_episodes": 4, "checkpoint_every": 2,
 }  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------------------------ processes
@@ -326,7 +320,7 @@ def torchrun(*args: str | Path, cwd: Path, wait: bool = True) -> Any:
 @pytest.mark.slow
 def test_torchrun_runs_the_console_script_with_progress_on_rank_zero_only(tmp_path):
     code, output = torchrun(
-        "--nproc-per-node", "2", "--master-port", free_port(), "--log-dir", tmp_path / "logs",
+        "--nproc-per-node", "2", "--master-port", get_free_port(), "--log-dir", tmp_path / "logs",
         "--redirects", "3", "--no-python", BIN / "lifelong", "train", *TINY_RUN,
         "--iterations", "4", "--out", tmp_path / "run", cwd=tmp_path,
     )  # fmt: skip
@@ -360,7 +354,7 @@ def rank_of(pid: int) -> int | None:
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
 def test_a_rank_killed_under_torchrun_ends_the_job_with_a_clear_message(tmp_path):
     process = torchrun(
-        "--nproc-per-node", "2", "--master-port", free_port(), "-m", "lifelong", "train",
+        "--nproc-per-node", "2", "--master-port", get_free_port(), "-m", "lifelong", "train",
         *TINY_RUN, "--iterations", "100000", "--quiet", "--out", tmp_path / "run",
         cwd=tmp_path, wait=False,
     )  # fmt: skip
@@ -399,7 +393,7 @@ def test_two_nodes_on_localhost_train_as_one_job(tmp_path):
     """Two torchrun launchers, one process each, as nodes 0 and 1 of a static rendezvous on
     127.0.0.1: one job of 2 ranks (the first step is that of one process with both ranks'
     tasks; rank 0 writes the run)."""
-    port = free_port()
+    port = get_free_port()
 
     def node(rank: int) -> subprocess.Popen[str]:
         return torchrun(
@@ -425,7 +419,7 @@ def test_two_nodes_on_localhost_train_as_one_job(tmp_path):
 def one_rank_group():
     """A gloo process group of one rank in this process."""
     dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1
+        "gloo", init_method=f"tcp://127.0.0.1:{get_free_port()}", rank=0, world_size=1
     )
     try:
         yield World.current()
@@ -531,7 +525,7 @@ def test_torchrun_trains_on_the_gpu_with_nccl(tmp_path, algorithm):
     """One rank on cuda:0 (nccl): pinned copies, the all-reduce on the GPU, checkpoints."""
     extra = ["--precision", "bfloat16"] if algorithm == "protonet" else ["--strided"]
     code, output = torchrun(
-        "--nproc-per-node", "1", "--master-port", free_port(), "-m", "lifelong", "train",
+        "--nproc-per-node", "1", "--master-port", get_free_port(), "-m", "lifelong", "train",
         *TINY_RUN, "--algorithm", algorithm, *extra, "--device", "cuda", "--iterations", "4",
         "--quiet", "--out", tmp_path / "run", cwd=tmp_path,
     )  # fmt: skip

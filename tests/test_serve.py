@@ -10,7 +10,6 @@ import io
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from test_store import stroke_images, trained_run
+from torch.distributed.elastic.utils.distributed import get_free_port
 
 import lifelong
 from lifelong.store import ClassStore
@@ -35,17 +35,11 @@ LIMITS = ["--max-files", "16", "--max-file-mb", "0.2"]
 CHROMIUM = Path("/usr/bin/chromium")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def serving(store: Path, log: Path, *args: str | Path) -> Iterator[tuple[str, subprocess.Popen]]:
     """``lifelong serve --store STORE ARGS`` on a free port: its URL once /health answers,
     and the process (terminated at the end unless killed already)."""
-    port = free_port()
+    port = get_free_port()
     command = [sys.executable, "-m", "lifelong", "serve", "--store", str(store),
                "--port", str(port), "--log-level", "warning", *map(str, args)]  # fmt: skip
     with log.open("a") as out:
@@ -205,7 +199,7 @@ def test_the_server_threshold_applies_to_requests_that_give_none(run_dir, images
     with open_store(tmp_path / "s.db", recognizer) as store:
         recognizer.learn(store, "a", [ImageFile.read(images["class0"][0])])
     app = create_app(tmp_path / "s.db", recognizer, threshold=-1.0)
-    port = free_port()
+    port = get_free_port()
     server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
     thread = threading.Thread(target=server.run)  # in this process: the model is loaded
     thread.start()
