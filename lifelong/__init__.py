@@ -8,13 +8,12 @@ Example:
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-try:
-    __version__ = version("lifelong")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
+__version__ = "0.2.1"
+"""The version, here alone (pyproject.toml reads it): a source tree that is not installed knows
+it too, and its checkpoints are read with the meaning they were saved with
+(:meth:`~lifelong.pipeline.config.RunConfig.of_checkpoint`)."""
 
 __all__ = ["__version__", "load"]
 

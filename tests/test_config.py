@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+import lifelong
 from lifelong.pipeline.config import ConfigError, RunConfig
 from lifelong.pipeline.data import DataFacts, episode_count
 from lifelong.pipeline.factory import build_algorithm, resolve_config
@@ -162,6 +166,24 @@ def test_checkpoints_keep_the_class_split_they_were_trained_on(version, saved, r
     assert RunConfig.of_checkpoint(state).class_split == read
     strokes = {"version": "0.1.0", "config": {"dataset": "strokes"}}
     assert RunConfig.of_checkpoint(strokes).class_split is None
+
+
+def test_a_source_tree_not_installed_saves_checkpoints_read_as_it_trained(tmp_path) -> None:
+    """Run from a checkout without installing (as on a lent GPU machine), the version was
+    once unknown, read as older than 0.2.0: a ProtoNet trained on Vinyals' split was then
+    tested on the seeded partition, whose test characters it had partly trained on."""
+    package = tmp_path / "lifelong"  # the package's source alone: no metadata beside it
+    package.mkdir()
+    (package / "__init__.py").write_text(Path(lifelong.__file__).read_text())
+    shown = subprocess.run(  # -S: no site-packages, so no installed metadata
+        [sys.executable, "-S", "-c", "import lifelong; print(lifelong.__version__)"],
+        env={**os.environ, "PYTHONPATH": str(tmp_path)}, cwd=tmp_path, capture_output=True,
+        text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert shown == lifelong.__version__ == version("lifelong")
+    cfg = RunConfig(dataset="omniglot", class_split="vinyals")
+    state = {"version": shown, "config": cfg.to_dict()}
+    assert RunConfig.of_checkpoint(state).class_split == "vinyals"
 
 
 def test_checkpoints_saved_before_an_option_existed_keep_their_training():
