@@ -6,7 +6,7 @@ import os
 import stat
 import subprocess
 import sys
-from importlib.metadata import version
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -180,7 +180,7 @@ def test_a_source_tree_not_installed_saves_checkpoints_read_as_it_trained(tmp_pa
         env={**os.environ, "PYTHONPATH": str(tmp_path)}, cwd=tmp_path, capture_output=True,
         text=True, check=True,
     ).stdout.strip()  # fmt: skip
-    assert shown == lifelong.__version__ == version("lifelong")
+    assert shown == lifelong.__version__ == metadata.version("lifelong")
     cfg = RunConfig(dataset="omniglot", class_split="vinyals")
     state = {"version": shown, "config": cfg.to_dict()}
     assert RunConfig.of_checkpoint(state).class_split == "vinyals"
