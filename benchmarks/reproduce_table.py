@@ -167,10 +167,14 @@ def _time_to_paper(record: dict[str, Any], row: Row, result: dict[str, Any]) -> 
     return "not reached" if seconds is None else f"{seconds / 60:.1f} min"
 
 
-def _beside(record: dict[str, Any] | None, row: Row, test_name: str) -> str:
-    """A test's result in another record of the row, in one cell: ours, after how long, the
-    time to the paper's value, the machine."""
-    result = {r["name"]: r for r in record["results"]}.get(test_name) if record else None
+def _results(record: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """A record's test results by test name (none without a record)."""
+    return {r["name"]: r for r in record["results"]} if record else {}
+
+
+def _beside(record: dict[str, Any] | None, row: Row, result: dict[str, Any] | None) -> str:
+    """A test's ``result`` in another ``record`` of the row, in one cell: ours, after how
+    long, the time to the paper's value, the machine."""
     if record is None or result is None:
         return "not run"
     seconds = record.get("train_seconds")
@@ -202,7 +206,7 @@ def render(
     for row in ordered(rows):
         record = last.get(row.name)
         ref = f"[{len(notes) + 1}]"
-        found = {r["name"]: r for r in record["results"]} if record else {}
+        found, found_beside = _results(record), _results(other.get(row.name))
         for test in row.tests:
             paper = test.paper
             published = (
@@ -229,7 +233,7 @@ def render(
                     ref,
                 ]
             if beside is not None:
-                cells.append(_beside(other.get(row.name), row, test.name))
+                cells.append(_beside(other.get(row.name), row, found_beside.get(test.name)))
             lines.append("| " + " | ".join(cells) + " |")
         details = list(row.differences) + (record.get("notes", []) if record else [])
         notes.append(f"{ref} `{row.name}` ({row.source}): " + "; ".join(details or ["none"]))
